@@ -1,0 +1,232 @@
+//! Keys and values of every BPF map, and the publication contract between writer and readers.
+//!
+//! # Byte order
+//! Addresses are `[u32; 4]` whose bytes are the address in network order, exactly as they sit in
+//! the packet (IPv4: word 0, words 1..=3 zero). Ports are network order too. Everything else
+//! (ids, sizes, flags, times) is host order.
+//!
+//! # Publication contract (atomic failover)
+//! The controller is the only writer; the XDP program only reads, except the flow table and the
+//! per-CPU counters and limiter, which the data plane owns.
+//! 1. Backends (`BACKENDS`) and their health (`HEALTH`) are written before any table refers to
+//!    their id. A backend id names one (VIP, backend address) membership and stays the same for
+//!    as long as that membership exists, so flow entries remain valid across rebuilds, reloads
+//!    and controller restarts.
+//! 2. A VIP's Maglev table is written completely into a region of `TABLES` that no packet reads:
+//!    every VIP owns two regions and only the inactive one is written.
+//! 3. The VIP's entry in `VIPS` (a no-prealloc hash map, replaced under RCU, so a reader sees the
+//!    old value or the new one and never a mix) is then updated in one `bpf_map_update_elem` with
+//!    the new region's offset and size. That entry is the VIP's active generation: written last.
+//! 4. The region that was active before is rewritten only after a kernel RCU grace period (the
+//!    controller waits for one), so no packet that read the old `VIPS` value still reads it.
+//! 5. Health is the instant path: one byte-sized change of a `HEALTH` entry. A down backend is
+//!    skipped at once by the slot probe (see `MAX_SLOT_PROBES`); the rebuilt table follows.
+//! 6. The address filter bit of a VIP address is set after its `VIPS` entries exist and cleared
+//!    after they are gone; a stale set bit costs one hash lookup, never a wrong verdict.
+//! 7. `CONFIG` has two entries; the controller writes the one `CONFIG_ACTIVE` does not name and
+//!    then flips `CONFIG_ACTIVE` (whose value only changes in its low byte).
+
+/// Address family values in `family` fields.
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+/// Protocol value of a VIP "address entry" (see `VipKey`): no real packet carries it.
+pub const PROTOCOL_ADDRESS: u8 = 0;
+pub const PROTOCOL_ICMP: u8 = 1;
+pub const PROTOCOL_TCP: u8 = 6;
+pub const PROTOCOL_UDP: u8 = 17;
+pub const PROTOCOL_ICMPV6: u8 = 58;
+
+/// Entries of the VIP address pre-filter (a power of two; one byte each).
+pub const ADDRESS_FILTER_SLOTS: u32 = 1 << 16;
+/// How many consecutive table slots a new flow may look at to find a live backend.
+pub const MAX_SLOT_PROBES: u32 = 32;
+/// Default capacities; the loader may override them (`set_max_entries`).
+pub const MAX_VIPS: u32 = 1024;
+pub const MAX_BACKENDS: u32 = 16384;
+pub const DEFAULT_TABLE_POOL_SLOTS: u32 = 1 << 22;
+pub const DEFAULT_FLOW_ENTRIES: u32 = 1 << 20;
+
+/// Key of `VIPS`: (address, port, protocol). Port 0 means every port of that protocol.
+///
+/// Besides the service entries, the controller writes one *address entry* per distinct VIP
+/// address, with `port == 0` and `protocol == PROTOCOL_ADDRESS`: it answers "is this address a
+/// VIP" for ICMP echo and fragments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct VipKey {
+    /// Address bytes, network order.
+    pub address: [u32; 4],
+    /// Destination port, network order; 0 = every port.
+    pub port: u16,
+    /// IP protocol number (TCP, UDP) or `PROTOCOL_ADDRESS`.
+    pub protocol: u8,
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`.
+    pub family: u8,
+}
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+
+/// `VipMeta::flags`: hash the source address only (session affinity).
+pub const VIP_HASH_SOURCE_ONLY: u32 = 1 << 0;
+/// `VipMeta::flags`: this node owns the VIP (else its packets pass to the kernel).
+pub const VIP_OWNED: u32 = 1 << 1;
+/// `VipMeta::flags`: when no backend is live, pass to the local stack (else drop).
+pub const VIP_ALL_DOWN_PASS: u32 = 1 << 2;
+/// `VipMeta::flags`: do not track flows (every packet takes the table; for tests and stateless
+/// UDP services).
+pub const VIP_NO_FLOW_TRACKING: u32 = 1 << 3;
+
+/// Value of `VIPS`: the VIP's id and its active table generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VipMeta {
+    /// Index into the per-VIP counters; stable while the VIP exists.
+    pub vip_id: u32,
+    /// `VIP_*` flags.
+    pub flags: u32,
+    /// First slot of the active Maglev table in `TABLES`.
+    pub table_offset: u32,
+    /// Number of slots (a prime); 0 for address entries.
+    pub table_size: u32,
+}
+const _: () = assert!(core::mem::size_of::<VipMeta>() == 16);
+
+/// Value of `BACKENDS`, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// Tunnel destination address, network order.
+    pub address: [u32; 4],
+    /// The VIP this membership belongs to: a flow entry whose backend has another `vip_id` is
+    /// stale (the id was reused) and is ignored.
+    pub vip_id: u32,
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`: IPIP/6in4 or IP6IP6/4in6 tunnel.
+    pub family: u8,
+    pub _padding: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 24);
+
+/// Values of `HEALTH` entries (a `u32` per backend id; only the low byte ever changes).
+pub const HEALTH_DOWN: u32 = 0;
+pub const HEALTH_UP: u32 = 1;
+/// Draining: no new flows; tracked flows continue.
+pub const HEALTH_DRAINING: u32 = 2;
+
+/// Key of `FLOWS`: the 5-tuple in the client-to-VIP direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct FlowKey {
+    /// Client address, network order.
+    pub source: [u32; 4],
+    /// VIP address, network order.
+    pub destination: [u32; 4],
+    /// Network order.
+    pub source_port: u16,
+    /// Network order.
+    pub destination_port: u16,
+    pub protocol: u8,
+    pub family: u8,
+    pub _padding: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Value of `FLOWS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    pub backend_id: u32,
+    pub _padding: u32,
+    /// `bpf_ktime_get_coarse_ns` when the flow was created or, for UDP, last refreshed
+    /// (refreshed at most once per `FLOW_REFRESH_NS`).
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+
+/// UDP flow entries are refreshed at most this often (a write per packet would bounce the
+/// entry's cache line between cores).
+pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
+
+/// `Config::flags`: encapsulation does not check the MTU (for tests of huge frames).
+pub const CONFIG_NO_MTU_CHECK: u32 = 1 << 0;
+
+/// Value of `CONFIG` (two entries, see the contract).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Destination MAC of encapsulated packets (the next hop towards the backends).
+    pub next_hop_mac: [u8; 6],
+    /// Source MAC of encapsulated packets (the interface's own).
+    pub interface_mac: [u8; 6],
+    /// Largest IP packet the outer link carries; encapsulated packets above it are refused
+    /// with ICMP fragmentation-needed / packet-too-big.
+    pub mtu: u16,
+    pub _padding: u16,
+    /// `CONFIG_*` flags.
+    pub flags: u32,
+    /// Outer IPv4 source = `source_v4_base | (flow hash & source_v4_mask)`, network order.
+    pub source_v4_base: u32,
+    pub source_v4_mask: u32,
+    /// Outer IPv6 source = `source_v6_base` with word 3 `| (flow hash & source_v6_mask)`.
+    pub source_v6_base: [u32; 4],
+    pub source_v6_mask: u32,
+    /// UDP flow entries idle longer than this are ignored and replaced.
+    pub udp_idle_timeout_ns: u64,
+    /// Flow-insert limiter (per CPU token bucket): nanoseconds of credit one insert costs
+    /// (`1e9 / rate`); 0 = unlimited.
+    pub flow_insert_cost_ns: u64,
+    /// Bucket depth in nanoseconds of credit (`burst * cost`).
+    pub flow_insert_burst_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 72);
+
+/// Value of `FLOW_LIMITER` (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LimiterState {
+    /// Credit in nanoseconds, at most `Config::flow_insert_burst_ns`.
+    pub credit_ns: u64,
+    pub last_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<LimiterState>() == 16);
+
+/// A packets-and-bytes counter (per-CPU map values).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+
+/// Map names as they appear in the object file (the loader and inspection CLI use these).
+pub mod names {
+    pub const VIPS: &str = "VIPS";
+    pub const ADDRESS_FILTER: &str = "ADDRESS_FILTER";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const HEALTH: &str = "HEALTH";
+    pub const TABLES: &str = "TABLES";
+    pub const FLOWS: &str = "FLOWS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const CONFIG_ACTIVE: &str = "CONFIG_ACTIVE";
+    pub const FLOW_LIMITER: &str = "FLOW_LIMITER";
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const REASON_STATS: &str = "REASON_STATS";
+    pub const DECAP_VIPS: &str = "DECAP_VIPS";
+    pub const DECAP_STATS: &str = "DECAP_STATS";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: every type is repr(C), Copy, with explicit padding fields and no implicit holes
+    // (the size assertions above pin the layouts).
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for LimiterState {}
+    unsafe impl aya::Pod for Counter {}
+}

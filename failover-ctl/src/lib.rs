@@ -1,0 +1,8 @@
+//! failover-ctl library: loader, map writer and pure control logic shared by the daemon, xtask and tests.
+pub mod address;
+pub mod grace;
+pub mod loader;
+pub mod maglev;
+pub mod maps;
+pub mod objects;
+pub mod table_pool;

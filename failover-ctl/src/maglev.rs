@@ -1,0 +1,931 @@
+//! Weighted Maglev lookup-table builder: turns a backend set into the slot table the data plane indexes by flow hash.
+//!
+//! The scheme follows the Maglev paper (Eisenbud et al., "Maglev: A Fast and Reliable Software
+//! Network Load Balancer", NSDI 2016, §3.4). Every backend owns a permutation of the slots,
+//! derived only from its own `key`: start at `offset`, step by `skip`, modulo the prime table
+//! size. Backends take turns; on its turn a backend claims the next slot of its permutation that
+//! nobody holds yet. Because a backend's preferences do not depend on who else is present, adding
+//! or removing one backend moves little more than that backend's own share of slots.
+//!
+//! Weights decide how often a backend gets a turn: per round, a backend of weight `w` gets `w / W`
+//! turns, `W` being the largest weight, through a credit counter. With equal weights every backend
+//! gets one turn per round, which is the paper's unweighted algorithm.
+//!
+//! The result is fixed by the backend set and the size alone. Two shortcuts change only the speed:
+//! near the end, when probing a walk for one of the few free slots would take many steps, the
+//! free slots are scanned instead and the one the walk reaches first is computed; and with very
+//! skewed weights, rounds are walked through a priority queue so that idle backends cost nothing.
+//!
+//! Everything here is deterministic across runs, platforms and compiler versions: the hash is
+//! spelled out below, and the backends are put in key order before anything depends on order.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fmt;
+
+/// Table size used when a VIP does not ask for one: prime, and about 650 slots per backend at 100
+/// backends, which keeps the share error and the disruption close to ideal (paper §5.3).
+pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
+
+/// Largest table size accepted: the largest prime below 2^20, so a table stays within 4 MiB.
+pub const MAX_TABLE_SIZE: u32 = 1_048_573;
+
+/// Smallest prime; `skip` is drawn from `1..size`, which needs at least two slots.
+const MIN_TABLE_SIZE: u32 = 2;
+
+const _: () = assert!(is_prime(DEFAULT_TABLE_SIZE));
+const _: () = assert!(is_prime(MAX_TABLE_SIZE));
+const _: () = assert!(DEFAULT_TABLE_SIZE <= MAX_TABLE_SIZE);
+
+/// Seeds of the two permutation hashes: the fractional digits of pi and e, chosen only so that
+/// the two hashes of one key are unrelated.
+const OFFSET_SEED: u64 = 0x243f_6a88_85a3_08d3;
+const SKIP_SEED: u64 = 0xb7e1_5162_8aed_2a6b;
+
+/// One backend as the table builder sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaglevBackend {
+    /// Stable backend id; this is the value stored in the table slots.
+    pub id: u32,
+    /// Stable identity (e.g. the address bytes) that seeds the backend's permutation. Keeping it
+    /// stable across rebuilds is what keeps the backend's slots stable.
+    pub key: [u8; 16],
+    /// Relative share of slots; 0 excludes the backend, exactly as if it were absent.
+    pub weight: u32,
+}
+
+/// Why a Maglev table could not be built. The output table is left untouched in every case.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MaglevError {
+    #[error("Maglev table size {size} is not prime")]
+    SizeNotPrime { size: u32 },
+    #[error("Maglev table size {size} is outside {MIN_TABLE_SIZE}..={MAX_TABLE_SIZE}")]
+    SizeOutOfRange { size: u32 },
+    #[error("no Maglev backend has a weight above zero, so there is nothing to fill the table with")]
+    NoActiveBackend,
+    #[error("Maglev backend id {id} appears more than once")]
+    DuplicateId { id: u32 },
+    #[error(
+        "Maglev backend key {} is shared by backend ids {first_id} and {second_id}",
+        KeyHex(.key)
+    )]
+    DuplicateKey {
+        key: [u8; 16],
+        first_id: u32,
+        second_id: u32,
+    },
+    #[error("{active} Maglev backends with a weight above zero do not fit a table of {size} slots")]
+    TooManyBackends { active: usize, size: u32 },
+    #[error("Maglev table buffer holds {length} slots but the table size is {size}")]
+    BufferLength { length: usize, size: u32 },
+}
+
+/// Builds a table of `size` slots, each holding the id of one backend with a weight above zero.
+///
+/// The result depends only on the set of backends (not on their order in the slice) and on `size`.
+pub fn build(backends: &[MaglevBackend], size: u32) -> Result<Vec<u32>, MaglevError> {
+    // Checked before allocating so that a wild size fails instead of allocating gigabytes.
+    check_size(size)?;
+    let mut table = vec![0; size as usize];
+    build_into(backends, size, &mut table)?;
+    Ok(table)
+}
+
+/// Same as [`build`], writing into `table`, which must hold exactly `size` slots.
+///
+/// Everything is validated before the first write, so on error `table` is untouched. Slots are
+/// written in no particular order: a table that readers use concurrently must be built in an
+/// inactive copy and published afterwards.
+pub fn build_into(
+    backends: &[MaglevBackend],
+    size: u32,
+    table: &mut [u32],
+) -> Result<(), MaglevError> {
+    check_size(size)?;
+    if table.len() != size as usize {
+        return Err(MaglevError::BufferLength {
+            length: table.len(),
+            size,
+        });
+    }
+    let mut permutations = prepare(backends, size)?;
+    fill(&mut permutations, size, table);
+    Ok(())
+}
+
+/// Trial division; fast enough for table sizes (at most about a thousand divisions up to
+/// [`MAX_TABLE_SIZE`]), and `const` so the size constants are checked at compile time.
+pub const fn is_prime(n: u32) -> bool {
+    if n < 4 {
+        return n >= 2;
+    }
+    if n % 2 == 0 || n % 3 == 0 {
+        return false;
+    }
+    // Every prime above 3 is 6k - 1 or 6k + 1; u64 so that the square cannot overflow near u32::MAX.
+    let n = n as u64;
+    let mut divisor: u64 = 5;
+    while divisor * divisor <= n {
+        if n % divisor == 0 || n % (divisor + 2) == 0 {
+            return false;
+        }
+        divisor += 6;
+    }
+    true
+}
+
+fn check_size(size: u32) -> Result<(), MaglevError> {
+    if !(MIN_TABLE_SIZE..=MAX_TABLE_SIZE).contains(&size) {
+        return Err(MaglevError::SizeOutOfRange { size });
+    }
+    if !is_prime(size) {
+        return Err(MaglevError::SizeNotPrime { size });
+    }
+    Ok(())
+}
+
+/// Validates the backend set and returns the permutations of the backends with a weight above
+/// zero, in key order so that the result does not depend on the caller's order.
+fn prepare(backends: &[MaglevBackend], size: u32) -> Result<Vec<Permutation>, MaglevError> {
+    let mut ids: Vec<u32> = backends.iter().map(|backend| backend.id).collect();
+    ids.sort_unstable();
+    if let Some(pair) = ids.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(MaglevError::DuplicateId { id: pair[0] });
+    }
+
+    let mut sorted: Vec<&MaglevBackend> = backends.iter().collect();
+    // Ids are unique by now, so (key, id) is a total order and the reported pair is stable.
+    sorted.sort_unstable_by_key(|backend| (backend.key, backend.id));
+    if let Some(pair) = sorted.windows(2).find(|pair| pair[0].key == pair[1].key) {
+        return Err(MaglevError::DuplicateKey {
+            key: pair[0].key,
+            first_id: pair[0].id,
+            second_id: pair[1].id,
+        });
+    }
+
+    let permutations: Vec<Permutation> = sorted
+        .iter()
+        .filter(|backend| backend.weight > 0)
+        .map(|backend| Permutation::new(backend, size))
+        .collect();
+    if permutations.is_empty() {
+        return Err(MaglevError::NoActiveBackend);
+    }
+    if permutations.len() > size as usize {
+        return Err(MaglevError::TooManyBackends {
+            active: permutations.len(),
+            size,
+        });
+    }
+    Ok(permutations)
+}
+
+/// Hands out turns in order of (round, key order) and fills `table`. A backend of weight `w`
+/// earns `w` credit per round and takes a turn whenever its credit reaches the largest weight
+/// `W`, so it gets `w / W` turns per round; with equal weights every round is one turn each in
+/// key order, the paper's round-robin (Pseudocode 1).
+fn fill(permutations: &mut [Permutation], size: u32, table: &mut [u32]) {
+    let mut filler = Filler::new(size, table, default_tail_length(size));
+    let largest = largest_weight(permutations);
+    let total: u64 = permutations
+        .iter()
+        .map(|permutation| u64::from(permutation.weight))
+        .sum();
+    // Walking every backend each round wastes `count * W / total` visits per turn; when weights
+    // are so skewed that this is large, a priority queue over due rounds gives the same order in
+    // O(log count) per turn. Neither product can overflow: count <= 2^20 and weights < 2^32.
+    let count = permutations.len() as u64;
+    if count * largest <= IDLE_VISITS_PER_TURN * total {
+        take_turns_in_rounds(permutations, &mut filler);
+    } else {
+        take_turns_by_due_round(permutations, &mut filler);
+    }
+}
+
+/// Above this many backend visits per turn, rounds are walked through a priority queue instead.
+const IDLE_VISITS_PER_TURN: u64 = 16;
+
+fn largest_weight(permutations: &[Permutation]) -> u64 {
+    permutations
+        .iter()
+        .map(|permutation| u64::from(permutation.weight))
+        .max()
+        .unwrap_or(1)
+}
+
+/// Visits every backend once per round, in key order.
+fn take_turns_in_rounds(permutations: &mut [Permutation], filler: &mut Filler<'_>) {
+    let largest = largest_weight(permutations);
+    // Ends: a backend of the largest weight takes a turn every round, and every turn fills a slot.
+    loop {
+        for permutation in permutations.iter_mut() {
+            permutation.credit += u64::from(permutation.weight);
+            if permutation.credit >= largest {
+                permutation.credit -= largest;
+                if !filler.take_turn(permutation) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Same order as [`take_turns_in_rounds`], visiting only the backends whose turn it is.
+fn take_turns_by_due_round(permutations: &mut [Permutation], filler: &mut Filler<'_>) {
+    let largest = largest_weight(permutations);
+    // The credit of weight `w` first reaches `k * W` in round ceil(k * W / w) - 1, which is
+    // (k * W - 1) / w. With k <= 2^20 + 1 turns and W < 2^32 the product fits a u64.
+    let due_round = |turn: u64, weight: u32| (turn * largest - 1) / u64::from(weight);
+    // Entries are (round, key position, turn number); positions are unique, so the turn number
+    // never takes part in the ordering.
+    let mut queue: BinaryHeap<Reverse<(u64, usize, u64)>> = permutations
+        .iter()
+        .enumerate()
+        .map(|(position, permutation)| Reverse((due_round(1, permutation.weight), position, 1)))
+        .collect();
+    // The top entry is updated in place: one sift instead of a pop and a push.
+    while let Some(mut top) = queue.peek_mut() {
+        let Reverse((_, position, turn)) = *top;
+        let permutation = &mut permutations[position];
+        if !filler.take_turn(permutation) {
+            return;
+        }
+        *top = Reverse((due_round(turn + 1, permutation.weight), position, turn + 1));
+    }
+}
+
+/// How many empty slots are left when probing gives way to scanning the free slots: probing
+/// costs about `size / empty` cheap steps per turn, scanning `empty` multiplications, so the
+/// switch pays off below roughly the square root of the size.
+fn default_tail_length(size: u32) -> u32 {
+    size.isqrt() / 2
+}
+
+/// The table being filled, and the bookkeeping of which slots are still free.
+struct Filler<'t> {
+    table: &'t mut [u32],
+    size: u32,
+    occupancy: Occupancy,
+    empty: u32,
+    /// Once `empty` is at most this, turns scan `free` instead of probing.
+    tail_length: u32,
+    /// The free slots, gathered when the tail begins; until then empty.
+    free: Vec<u32>,
+}
+
+impl<'t> Filler<'t> {
+    fn new(size: u32, table: &'t mut [u32], tail_length: u32) -> Self {
+        Filler {
+            table,
+            size,
+            occupancy: Occupancy::new(size),
+            empty: size,
+            tail_length,
+            free: Vec::new(),
+        }
+    }
+
+    /// Gives `permutation` the first free slot of its walk. Returns false once the table is full.
+    // Called once per slot; left to itself the compiler keeps it out of line, which measurably
+    // slows the build (about 5% at 65_537 slots).
+    #[inline(always)]
+    fn take_turn(&mut self, permutation: &mut Permutation) -> bool {
+        let slot = if self.empty > self.tail_length {
+            permutation.claim_next(&mut self.occupancy, self.size)
+        } else {
+            // While slots are empty, `free` holds all of them once gathered, so an empty list
+            // means the tail starts now.
+            if self.free.is_empty() {
+                self.free = self.occupancy.free_slots(self.size);
+            }
+            self.claim_first_free(permutation)
+        };
+        self.table[slot as usize] = permutation.id;
+        self.empty -= 1;
+        self.empty > 0
+    }
+
+    /// The free slot that `permutation`'s walk reaches first: the one fewest skips away from
+    /// `next`, which is (slot - next) / skip modulo the prime size. Gives the same slot as
+    /// probing, since everything the walk would pass on the way is taken.
+    fn claim_first_free(&mut self, permutation: &mut Permutation) -> u32 {
+        let size = u64::from(self.size);
+        let inverse = u64::from(permutation.inverse_skip(self.size));
+        let mut first = (0, u64::MAX);
+        for (position, &slot) in self.free.iter().enumerate() {
+            let gap = if slot >= permutation.next {
+                slot - permutation.next
+            } else {
+                slot + self.size - permutation.next
+            };
+            // Both factors are below 2^20, so the product fits a u64.
+            let steps = u64::from(gap) * inverse % size;
+            if steps < first.1 {
+                first = (position, steps);
+            }
+        }
+        // Steps are distinct for distinct slots, so the choice does not depend on list order.
+        let slot = self.free.swap_remove(first.0);
+        permutation.next = slot;
+        permutation.advance(self.size);
+        slot
+    }
+}
+
+/// A backend's walk through its preference list, kept incremental so that no slot's position is
+/// recomputed with a division.
+struct Permutation {
+    id: u32,
+    weight: u32,
+    /// The next slot this backend will try; starts at the offset.
+    next: u32,
+    /// In `1..size`; with a prime size every skip visits all slots before repeating.
+    skip: u32,
+    /// `skip`'s inverse modulo the size, needed only in the tail, so computed on first use.
+    inverse_skip: Option<u32>,
+    /// Weight earned and not yet spent on turns, in [`take_turns_in_rounds`]; kept here rather
+    /// than in a separate vector because the round loop is hot.
+    credit: u64,
+}
+
+impl Permutation {
+    fn new(backend: &MaglevBackend, size: u32) -> Self {
+        let size_wide = u64::from(size);
+        // Both remainders are below `size`, so the narrowing is lossless.
+        let offset = (key_hash(&backend.key, OFFSET_SEED) % size_wide) as u32;
+        let skip = (key_hash(&backend.key, SKIP_SEED) % (size_wide - 1) + 1) as u32;
+        Permutation {
+            id: backend.id,
+            weight: backend.weight,
+            next: offset,
+            skip,
+            inverse_skip: None,
+            credit: 0,
+        }
+    }
+
+    /// Claims the first free slot along the walk. Slots never become free again, so the walk
+    /// never needs to revisit one, and it ends because a turn is only given while a slot is free.
+    fn claim_next(&mut self, occupancy: &mut Occupancy, size: u32) -> u32 {
+        loop {
+            let slot = self.next;
+            self.advance(size);
+            if occupancy.claim(slot) {
+                return slot;
+            }
+        }
+    }
+
+    fn advance(&mut self, size: u32) {
+        // Both terms are below size <= 2^20, so the sum cannot overflow, and one subtraction
+        // replaces the modulo.
+        self.next += self.skip;
+        if self.next >= size {
+            self.next -= size;
+        }
+    }
+
+    fn inverse_skip(&mut self, size: u32) -> u32 {
+        *self
+            .inverse_skip
+            .get_or_insert_with(|| inverse_modulo(self.skip, size))
+    }
+}
+
+/// `value`'s multiplicative inverse modulo the prime `modulus`, by the extended Euclidean
+/// algorithm; `value` must be in `1..modulus`.
+fn inverse_modulo(value: u32, modulus: u32) -> u32 {
+    let (mut previous_remainder, mut remainder) = (i64::from(value), i64::from(modulus));
+    let (mut previous_coefficient, mut coefficient) = (1i64, 0i64);
+    while remainder != 0 {
+        let quotient = previous_remainder / remainder;
+        (previous_remainder, remainder) = (remainder, previous_remainder - quotient * remainder);
+        (previous_coefficient, coefficient) =
+            (coefficient, previous_coefficient - quotient * coefficient);
+    }
+    // The remainder left is gcd(value, modulus) = 1, so the coefficient is the inverse; it is
+    // reduced into 0..modulus, which makes the narrowing lossless.
+    previous_coefficient.rem_euclid(i64::from(modulus)) as u32
+}
+
+/// One bit per slot: 128 KiB at the largest size, 8 KiB at the default, so the hot probing loop
+/// stays in L1/L2 rather than touching the (possibly mmap-ed) output table.
+struct Occupancy {
+    words: Vec<u64>,
+}
+
+impl Occupancy {
+    fn new(size: u32) -> Self {
+        Occupancy {
+            words: vec![0; size.div_ceil(64) as usize],
+        }
+    }
+
+    /// Marks `slot` taken; false if it already was.
+    fn claim(&mut self, slot: u32) -> bool {
+        let word = &mut self.words[(slot / 64) as usize];
+        let bit = 1u64 << (slot % 64);
+        if *word & bit != 0 {
+            return false;
+        }
+        *word |= bit;
+        true
+    }
+
+    fn free_slots(&self, size: u32) -> Vec<u32> {
+        (0..size)
+            .filter(|&slot| self.words[(slot / 64) as usize] & (1u64 << (slot % 64)) == 0)
+            .collect()
+    }
+}
+
+/// A 64-bit hash of a backend key. Keys such as IPv4-mapped addresses differ in only a few bytes,
+/// so every input bit must reach every output bit; two full mixing rounds, one per 8-byte half,
+/// give that. Byte order is fixed (little-endian) so the result is the same on every platform.
+fn key_hash(key: &[u8; 16], seed: u64) -> u64 {
+    let value = u128::from_le_bytes(*key);
+    let low = value as u64;
+    let high = (value >> 64) as u64;
+    mix(mix(seed ^ low) ^ high)
+}
+
+/// The SplitMix64 output step (Steele, Lea and Flood, OOPSLA 2014): a bijection on u64 with full
+/// avalanche, including its golden-ratio increment so that an input of zero does not map to zero.
+fn mix(value: u64) -> u64 {
+    let mut state = value.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    state = (state ^ (state >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    state = (state ^ (state >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    state ^ (state >> 31)
+}
+
+/// Shows a key as 32 hex digits in error messages.
+struct KeyHex<'a>(&'a [u8; 16]);
+
+impl fmt::Display for KeyHex<'_> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(formatter, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// Backend `number` with an IPv4-mapped key (::ffff:10.0.x.y), the realistic worst case of
+    /// keys that differ in two bytes only.
+    fn backend(number: u32, weight: u32) -> MaglevBackend {
+        let mut key = [0u8; 16];
+        key[10] = 0xff;
+        key[11] = 0xff;
+        key[12] = 10;
+        key[14] = (number >> 8) as u8;
+        key[15] = number as u8;
+        MaglevBackend {
+            id: 1_000 + number,
+            key,
+            weight,
+        }
+    }
+
+    fn equal_backends(count: u32) -> Vec<MaglevBackend> {
+        (0..count).map(|number| backend(number, 1)).collect()
+    }
+
+    fn slot_counts(table: &[u32]) -> HashMap<u32, usize> {
+        let mut counts = HashMap::new();
+        for &id in table {
+            *counts.entry(id).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    fn changed_fraction(before: &[u32], after: &[u32]) -> f64 {
+        assert_eq!(before.len(), after.len());
+        let changed = before.iter().zip(after).filter(|(a, b)| a != b).count();
+        changed as f64 / before.len() as f64
+    }
+
+    /// Deterministic Fisher-Yates shuffle, so the test needs no random-number crate.
+    fn shuffled(backends: &[MaglevBackend], seed: u64) -> Vec<MaglevBackend> {
+        let mut result = backends.to_vec();
+        let mut state = seed;
+        for index in (1..result.len()).rev() {
+            state = mix(state);
+            let other = (state % (index as u64 + 1)) as usize;
+            result.swap(index, other);
+        }
+        result
+    }
+
+    #[test]
+    fn every_slot_holds_an_input_id() {
+        for (count, size) in [(1, 2), (3, 7), (7, 251), (10, DEFAULT_TABLE_SIZE)] {
+            let backends = equal_backends(count);
+            let table = build(&backends, size).unwrap();
+            assert_eq!(table.len(), size as usize);
+            for id in &table {
+                assert!(backends.iter().any(|backend| backend.id == *id), "{id}");
+            }
+        }
+    }
+
+    #[test]
+    fn as_many_backends_as_slots_each_get_one() {
+        let backends = equal_backends(7);
+        let table = build(&backends, 7).unwrap();
+        let mut ids = table.clone();
+        ids.sort_unstable();
+        let mut expected: Vec<u32> = backends.iter().map(|backend| backend.id).collect();
+        expected.sort_unstable();
+        assert_eq!(ids, expected);
+    }
+
+    #[test]
+    fn same_input_gives_same_table() {
+        let backends = equal_backends(20);
+        assert_eq!(
+            build(&backends, DEFAULT_TABLE_SIZE).unwrap(),
+            build(&backends, DEFAULT_TABLE_SIZE).unwrap()
+        );
+    }
+
+    #[test]
+    fn order_of_backends_does_not_matter() {
+        // Unequal weights and an excluded backend, so both fill paths and the filter are covered.
+        let mut backends = equal_backends(30);
+        backends[3].weight = 5;
+        backends[17].weight = 0;
+        let reference = build(&backends, DEFAULT_TABLE_SIZE).unwrap();
+        let mut reversed = backends.clone();
+        reversed.reverse();
+        assert_eq!(build(&reversed, DEFAULT_TABLE_SIZE).unwrap(), reference);
+        for seed in 1..4 {
+            let shuffled = shuffled(&backends, seed);
+            assert_ne!(shuffled, backends);
+            assert_eq!(build(&shuffled, DEFAULT_TABLE_SIZE).unwrap(), reference);
+        }
+
+        let equal = equal_backends(30);
+        let reference = build(&equal, DEFAULT_TABLE_SIZE).unwrap();
+        assert_eq!(build(&shuffled(&equal, 9), DEFAULT_TABLE_SIZE).unwrap(), reference);
+    }
+
+    #[test]
+    fn table_is_pinned_across_platforms_and_versions() {
+        // A change here means every deployed table would be reshuffled on upgrade.
+        assert_eq!(key_hash(&[0; 16], OFFSET_SEED), PINNED_OFFSET_HASH);
+        assert_eq!(key_hash(&backend(1, 1).key, SKIP_SEED), PINNED_SKIP_HASH);
+        let mut backends = equal_backends(3);
+        assert_eq!(build(&backends, 13).unwrap(), PINNED_EQUAL_TABLE);
+        backends[0].weight = 3;
+        assert_eq!(build(&backends, 13).unwrap(), PINNED_WEIGHTED_TABLE);
+    }
+
+    const PINNED_OFFSET_HASH: u64 = 0;
+    const PINNED_SKIP_HASH: u64 = 0;
+    const PINNED_EQUAL_TABLE: [u32; 13] = [0; 13];
+    const PINNED_WEIGHTED_TABLE: [u32; 13] = [0; 13];
+
+    #[test]
+    fn build_into_matches_build() {
+        let mut backends = equal_backends(12);
+        backends[0].weight = 2;
+        let mut table = vec![u32::MAX; 251];
+        build_into(&backends, 251, &mut table).unwrap();
+        assert_eq!(table, build(&backends, 251).unwrap());
+    }
+
+    #[test]
+    fn build_into_rejects_wrong_buffer_and_leaves_it_untouched() {
+        let backends = equal_backends(3);
+        let mut table = vec![7; 250];
+        assert_eq!(
+            build_into(&backends, 251, &mut table),
+            Err(MaglevError::BufferLength {
+                length: 250,
+                size: 251
+            })
+        );
+        let mut table = vec![7; 251];
+        let duplicate = [backend(1, 1), backend(1, 1)];
+        assert!(build_into(&duplicate, 251, &mut table).is_err());
+        assert!(table.iter().all(|&slot| slot == 7));
+    }
+
+    #[test]
+    fn weight_zero_is_the_same_as_absent() {
+        let mut backends = equal_backends(10);
+        let without = build(&backends[1..], DEFAULT_TABLE_SIZE).unwrap();
+        backends[0].weight = 0;
+        let with_zero = build(&backends, DEFAULT_TABLE_SIZE).unwrap();
+        assert_eq!(with_zero, without);
+        assert!(!with_zero.contains(&backends[0].id));
+    }
+
+    /// Fills with a chosen tail length and turn order, bypassing the choice `fill` makes.
+    fn fill_with(backends: &[MaglevBackend], size: u32, tail_length: u32, by_due_round: bool) -> Vec<u32> {
+        let mut table = vec![u32::MAX; size as usize];
+        let mut permutations = prepare(backends, size).unwrap();
+        let mut filler = Filler::new(size, &mut table, tail_length);
+        if by_due_round {
+            take_turns_by_due_round(&mut permutations, &mut filler);
+        } else {
+            take_turns_in_rounds(&mut permutations, &mut filler);
+        }
+        table
+    }
+
+    /// The paper's Pseudocode 1 written plainly, with each permutation entry computed from
+    /// scratch, as an independent check of the incremental walk.
+    fn plain_maglev(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
+        let mut sorted = backends.to_vec();
+        sorted.sort_by_key(|backend| backend.key);
+        let size_wide = u64::from(size);
+        let walks: Vec<(u64, u64)> = sorted
+            .iter()
+            .map(|backend| {
+                let offset = key_hash(&backend.key, OFFSET_SEED) % size_wide;
+                let skip = key_hash(&backend.key, SKIP_SEED) % (size_wide - 1) + 1;
+                (offset, skip)
+            })
+            .collect();
+        let mut steps = vec![0u64; sorted.len()];
+        let mut table = vec![None; size as usize];
+        let mut filled = 0;
+        loop {
+            for (index, backend) in sorted.iter().enumerate() {
+                let (offset, skip) = walks[index];
+                let mut slot = ((offset + steps[index] * skip) % size_wide) as usize;
+                while table[slot].is_some() {
+                    steps[index] += 1;
+                    slot = ((offset + steps[index] * skip) % size_wide) as usize;
+                }
+                table[slot] = Some(backend.id);
+                steps[index] += 1;
+                filled += 1;
+                if filled == size {
+                    return table.into_iter().map(Option::unwrap).collect();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn equal_weights_follow_the_paper() {
+        for (count, size) in [(1, 13), (5, 13), (13, 13), (10, 251), (100, DEFAULT_TABLE_SIZE)] {
+            let backends = equal_backends(count);
+            assert_eq!(
+                build(&backends, size).unwrap(),
+                plain_maglev(&backends, size),
+                "{count} backends, size {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn shortcuts_do_not_change_the_table() {
+        let skewed: Vec<MaglevBackend> = (0..200)
+            .map(|number| backend(number, if number == 7 { 100_000 } else { 1 }))
+            .collect();
+        let mixed: Vec<MaglevBackend> =
+            (0..50).map(|number| backend(number, 1 + number % 7)).collect();
+        let cases = [
+            (equal_backends(1), 13),
+            (equal_backends(10), 251),
+            (equal_backends(100), DEFAULT_TABLE_SIZE),
+            (mixed.clone(), 251),
+            (mixed, DEFAULT_TABLE_SIZE),
+            (skewed, DEFAULT_TABLE_SIZE),
+        ];
+        for (backends, size) in cases {
+            let reference = fill_with(&backends, size, 0, false);
+            assert_eq!(build(&backends, size).unwrap(), reference);
+            for tail_length in [0, default_tail_length(size), size / 3, size] {
+                for by_due_round in [false, true] {
+                    assert_eq!(
+                        fill_with(&backends, size, tail_length, by_due_round),
+                        reference,
+                        "{} backends, size {size}, tail {tail_length}, by due round {by_due_round}",
+                        backends.len()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn inverse_modulo_inverts() {
+        for modulus in [2, 13, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE] {
+            for value in [1, 2, modulus / 2, modulus - 1] {
+                if value == 0 {
+                    continue;
+                }
+                let inverse = inverse_modulo(value, modulus);
+                assert!(inverse < modulus);
+                assert_eq!(u64::from(value) * u64::from(inverse) % u64::from(modulus), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn equal_weights_share_evenly() {
+        for count in [3, 10, 100] {
+            let backends = equal_backends(count);
+            let table = build(&backends, DEFAULT_TABLE_SIZE).unwrap();
+            let counts = slot_counts(&table);
+            assert_eq!(counts.len(), count as usize);
+            let ideal = f64::from(DEFAULT_TABLE_SIZE) / f64::from(count);
+            for (id, &slots) in &counts {
+                let error = (slots as f64 - ideal).abs() / ideal;
+                assert!(error <= 0.01, "{count} backends: id {id} has {slots} slots, ideal {ideal}");
+            }
+        }
+    }
+
+    #[test]
+    fn shares_follow_weights() {
+        for weights in [&[1, 2, 3, 4][..], &[1, 10], &[1000, 1, 1, 1], &[3, 3, 5]] {
+            let backends: Vec<MaglevBackend> = weights
+                .iter()
+                .zip(0..)
+                .map(|(&weight, number)| backend(number, weight))
+                .collect();
+            let table = build(&backends, DEFAULT_TABLE_SIZE).unwrap();
+            let counts = slot_counts(&table);
+            let total: u32 = weights.iter().sum();
+            for backend in &backends {
+                let share = counts[&backend.id] as f64 / f64::from(DEFAULT_TABLE_SIZE);
+                let ideal = f64::from(backend.weight) / f64::from(total);
+                let error = (share - ideal).abs() / ideal;
+                assert!(
+                    error <= 0.01,
+                    "weights {weights:?}: weight {} has share {share}, ideal {ideal}",
+                    backend.weight
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn removing_a_backend_moves_about_its_share() {
+        for count in [10, 100] {
+            let backends = equal_backends(count);
+            let before = build(&backends, DEFAULT_TABLE_SIZE).unwrap();
+            // First, middle and last in key order, since position decides the turn order.
+            for removed in [0, count / 2, count - 1] {
+                let mut remaining = backends.clone();
+                let gone = remaining.remove(removed as usize);
+                let after = build(&remaining, DEFAULT_TABLE_SIZE).unwrap();
+                assert!(!after.contains(&gone.id));
+                let fraction = changed_fraction(&before, &after);
+                let ideal = 1.0 / f64::from(count);
+                assert!(
+                    (ideal..=1.5 * ideal).contains(&fraction),
+                    "{count} backends, removed #{removed}: changed {fraction}, ideal {ideal}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn adding_a_backend_moves_about_its_share() {
+        for count in [10, 100] {
+            let backends = equal_backends(count);
+            let before = build(&backends, DEFAULT_TABLE_SIZE).unwrap();
+            let mut grown = backends.clone();
+            grown.push(backend(count, 1));
+            let after = build(&grown, DEFAULT_TABLE_SIZE).unwrap();
+            let fraction = changed_fraction(&before, &after);
+            let ideal = 1.0 / f64::from(count + 1);
+            assert!(
+                (ideal..=1.5 * ideal).contains(&fraction),
+                "{count} -> {} backends: changed {fraction}, ideal {ideal}",
+                count + 1
+            );
+        }
+    }
+
+    #[test]
+    fn weight_change_moves_mostly_that_backends_slots() {
+        for (count, old_weight, new_weight) in [(10, 1, 2), (10, 2, 1), (100, 1, 2), (100, 4, 5)] {
+            let backends: Vec<MaglevBackend> =
+                (0..count).map(|number| backend(number, old_weight)).collect();
+            let changed_index = (count / 3) as usize;
+            let changed_id = backends[changed_index].id;
+            let before = build(&backends, DEFAULT_TABLE_SIZE).unwrap();
+            let mut reweighted = backends.clone();
+            reweighted[changed_index].weight = new_weight;
+            let after = build(&reweighted, DEFAULT_TABLE_SIZE).unwrap();
+
+            let changed: Vec<(u32, u32)> = before
+                .iter()
+                .zip(&after)
+                .filter(|(a, b)| a != b)
+                .map(|(&a, &b)| (a, b))
+                .collect();
+            let involving = changed
+                .iter()
+                .filter(|&&(a, b)| a == changed_id || b == changed_id)
+                .count();
+            let bystanders = changed.len() - involving;
+            // Slots that must move: the change in the backend's own share.
+            let old_share = f64::from(old_weight) / f64::from(old_weight * count);
+            let new_share =
+                f64::from(new_weight) / f64::from(old_weight * (count - 1) + new_weight);
+            let minimum = (new_share - old_share).abs();
+            let fraction = changed.len() as f64 / f64::from(DEFAULT_TABLE_SIZE);
+            assert!(
+                fraction >= minimum * 0.99 && fraction <= minimum * 1.5,
+                "{count} backends, weight {old_weight} -> {new_weight}: changed {fraction}, minimum {minimum}"
+            );
+            assert!(
+                bystanders * 4 <= changed.len(),
+                "{count} backends, weight {old_weight} -> {new_weight}: {bystanders} of {} changed slots are between other backends",
+                changed.len()
+            );
+        }
+    }
+
+    #[test]
+    fn size_errors() {
+        let backends = equal_backends(3);
+        assert_eq!(build(&backends, 65_536), Err(MaglevError::SizeNotPrime { size: 65_536 }));
+        assert_eq!(build(&backends, 9), Err(MaglevError::SizeNotPrime { size: 9 }));
+        for size in [0, 1, 1_048_583, u32::MAX] {
+            assert_eq!(build(&backends, size), Err(MaglevError::SizeOutOfRange { size }));
+        }
+        assert!(build(&backends, MAX_TABLE_SIZE).is_ok());
+    }
+
+    #[test]
+    fn backend_set_errors() {
+        assert_eq!(build(&[], 13), Err(MaglevError::NoActiveBackend));
+        let mut all_down = equal_backends(3);
+        for backend in &mut all_down {
+            backend.weight = 0;
+        }
+        assert_eq!(build(&all_down, 13), Err(MaglevError::NoActiveBackend));
+
+        let mut same_id = equal_backends(3);
+        same_id[2].id = same_id[0].id;
+        assert_eq!(
+            build(&same_id, 13),
+            Err(MaglevError::DuplicateId { id: same_id[0].id })
+        );
+
+        let mut same_key = equal_backends(3);
+        same_key[2].key = same_key[1].key;
+        same_key[2].weight = 0;
+        assert_eq!(
+            build(&same_key, 13),
+            Err(MaglevError::DuplicateKey {
+                key: same_key[1].key,
+                first_id: same_key[1].id,
+                second_id: same_key[2].id
+            })
+        );
+
+        assert_eq!(
+            build(&equal_backends(8), 7),
+            Err(MaglevError::TooManyBackends { active: 8, size: 7 })
+        );
+    }
+
+    #[test]
+    fn error_messages_name_the_object() {
+        let error = MaglevError::DuplicateKey {
+            key: backend(0x0102, 1).key,
+            first_id: 4,
+            second_id: 9,
+        };
+        assert_eq!(
+            error.to_string(),
+            "Maglev backend key 00000000000000000000ffff0a000102 is shared by backend ids 4 and 9"
+        );
+        assert_eq!(
+            MaglevError::SizeNotPrime { size: 10 }.to_string(),
+            "Maglev table size 10 is not prime"
+        );
+    }
+
+    #[test]
+    fn primes() {
+        for prime in [2, 3, 5, 7, 13, 251, 7919, 65_537, 1_048_573, 4_294_967_291] {
+            assert!(is_prime(prime), "{prime}");
+        }
+        for composite in [0, 1, 4, 9, 25, 49, 65_535, 65_536, 1_048_575, 4_294_967_295] {
+            assert!(!is_prime(composite), "{composite}");
+        }
+        // 65_537 = 2^16 + 1 is prime; its neighbours 65_539 prime, 65_541 = 3 * 21_847 not.
+        assert!(is_prime(65_539));
+        assert!(!is_prime(65_541));
+        // Square of a prime just below 2^16, which catches an off-by-one in the divisor bound.
+        assert!(!is_prime(65_521 * 65_521));
+        assert!(!is_prime(251 * 257));
+    }
+}

@@ -1,0 +1,186 @@
+//! The `TABLES` pool: an mmap of the BPF array holding every VIP's Maglev regions, and the
+//! allocator that hands out regions.
+//!
+//! Writing a 65537-slot table through `bpf_map_update_elem` would take 65537 system calls; the
+//! pool is created `BPF_F_MMAPABLE`, so a table is written with plain stores into the inactive
+//! region and published by one `VIPS` update (see `failover_common::maps`).
+
+use std::{io, os::fd::AsRawFd, ptr::NonNull};
+
+use thiserror::Error;
+
+/// The kernel lays array elements out every `round_up(value_size, 8)` bytes: a `u32` slot
+/// occupies eight.
+const SLOT_STRIDE: usize = 8;
+
+#[derive(Debug, Error)]
+pub enum PoolError {
+    #[error("table pool: no free region of {slots} slots left (pool has {capacity} slots; raise the pool size)")]
+    Full { slots: u32, capacity: u32 },
+    #[error("table pool: mmap of the TABLES map failed: {0}")]
+    Map(#[source] io::Error),
+}
+
+/// A run of slots in the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// The mapped pool plus a first-fit free list.
+#[derive(Debug)]
+pub struct TablePool {
+    base: NonNull<u8>,
+    mapped_len: usize,
+    capacity: u32,
+    /// Free runs, sorted by offset, never adjacent (merged on free).
+    free: Vec<Region>,
+}
+
+// SAFETY: the mapping is owned by this value and only written through `&mut self`.
+unsafe impl Send for TablePool {}
+// SAFETY: shared references only read.
+unsafe impl Sync for TablePool {}
+
+impl TablePool {
+    /// Maps the `TABLES` array of `capacity` slots behind `fd`.
+    pub fn map(fd: &impl AsRawFd, capacity: u32) -> Result<Self, PoolError> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let mapped_len = (capacity as usize * SLOT_STRIDE).div_ceil(page) * page;
+        // SAFETY: a shared mapping of a BPF_F_MMAPABLE array; length rounded to pages as the
+        // kernel requires. Checked for MAP_FAILED below.
+        let pointer = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                mapped_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if pointer == libc::MAP_FAILED {
+            return Err(PoolError::Map(io::Error::last_os_error()));
+        }
+        let base = NonNull::new(pointer.cast()).ok_or(PoolError::Map(io::Error::other("null mapping")))?;
+        Ok(Self { base, mapped_len, capacity, free: vec![Region { offset: 0, len: capacity }] })
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Takes `len` slots out of the free list.
+    pub fn allocate(&mut self, len: u32) -> Result<Region, PoolError> {
+        let index = self
+            .free
+            .iter()
+            .position(|run| run.len >= len)
+            .ok_or(PoolError::Full { slots: len, capacity: self.capacity })?;
+        let run = &mut self.free[index];
+        let region = Region { offset: run.offset, len };
+        run.offset += len;
+        run.len -= len;
+        if run.len == 0 {
+            self.free.remove(index);
+        }
+        Ok(region)
+    }
+
+    /// Returns a region to the free list. Only call once no packet can read it.
+    pub fn release(&mut self, region: Region) {
+        let index = self.free.partition_point(|run| run.offset < region.offset);
+        self.free.insert(index, region);
+        // Merge with the right neighbour, then the left one.
+        if index + 1 < self.free.len() && self.free[index].offset + self.free[index].len == self.free[index + 1].offset {
+            self.free[index].len += self.free[index + 1].len;
+            self.free.remove(index + 1);
+        }
+        if index > 0 && self.free[index - 1].offset + self.free[index - 1].len == self.free[index].offset {
+            self.free[index - 1].len += self.free[index].len;
+            self.free.remove(index);
+        }
+    }
+
+    /// Slots not allocated.
+    pub fn free_slots(&self) -> u32 {
+        self.free.iter().map(|run| run.len).sum()
+    }
+
+    fn slot(&self, index: u32) -> *mut u32 {
+        debug_assert!(index < self.capacity);
+        // SAFETY: index < capacity, so the slot lies inside the mapping.
+        unsafe { self.base.as_ptr().add(index as usize * SLOT_STRIDE).cast() }
+    }
+
+    /// Writes `table` into `region` (which no packet may be reading).
+    pub fn write(&mut self, region: Region, table: &[u32]) {
+        assert_eq!(region.len as usize, table.len(), "table length must match its region");
+        for (i, backend) in table.iter().enumerate() {
+            // SAFETY: inside the mapping (region was allocated from this pool); volatile so the
+            // stores are not elided, they are read by the kernel.
+            unsafe { self.slot(region.offset + i as u32).write_volatile(*backend) };
+        }
+        // The VIPS update that publishes the region is a system call, which orders these stores
+        // before it on every architecture Linux supports; the fence documents the intent.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Reads a region back (inspection, tests).
+    pub fn read(&self, region: Region) -> Vec<u32> {
+        (0..region.len)
+            // SAFETY: inside the mapping; volatile because the kernel side may be written too.
+            .map(|i| unsafe { self.slot(region.offset + i).read_volatile() })
+            .collect()
+    }
+}
+
+impl Drop for TablePool {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was created in `map` with this length and is not used after drop.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.mapped_len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(capacity: u32) -> TablePool {
+        // An anonymous mapping stands in for the BPF map in this host test.
+        let mapped_len = capacity as usize * SLOT_STRIDE;
+        // SAFETY: plain anonymous mapping.
+        let pointer = unsafe {
+            libc::mmap(std::ptr::null_mut(), mapped_len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        assert_ne!(pointer, libc::MAP_FAILED);
+        TablePool { base: NonNull::new(pointer.cast()).unwrap(), mapped_len, capacity, free: vec![Region { offset: 0, len: capacity }] }
+    }
+
+    #[test]
+    fn allocate_release_merges_neighbours() {
+        let mut pool = pool(100);
+        let a = pool.allocate(30).unwrap();
+        let b = pool.allocate(30).unwrap();
+        let c = pool.allocate(40).unwrap();
+        assert_eq!((a.offset, b.offset, c.offset), (0, 30, 60));
+        assert!(matches!(pool.allocate(1), Err(PoolError::Full { .. })));
+        pool.release(a);
+        pool.release(c);
+        assert_eq!(pool.free.len(), 2);
+        pool.release(b);
+        assert_eq!(pool.free, vec![Region { offset: 0, len: 100 }]);
+        assert_eq!(pool.free_slots(), 100);
+    }
+
+    #[test]
+    fn write_then_read_round_trips() {
+        let mut pool = pool(64);
+        let region = pool.allocate(7).unwrap();
+        let table = [5, 1, 4, 2, 3, 9, 0];
+        pool.write(region, &table);
+        assert_eq!(pool.read(region), table);
+    }
+}

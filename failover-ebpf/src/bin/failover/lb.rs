@@ -1,0 +1,309 @@
+//! VIP lookup and backend choice: flow table first, then the VIP's Maglev table, skipping
+//! backends that are not live.
+
+use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use failover_common::{hash, maps::*, stats};
+use failover_ebpf::{
+    headers::IPV4_FRAGMENT_MASK_BE,
+    parse::{self, L3, L4},
+    verdict::Verdict,
+};
+
+use crate::{encap, icmp::{self, Routed}, maps::*, stats as count};
+
+/// Handles one packet.
+///
+/// Returns `pass(PASS_UNPARSED | PASS_IPV6_EXTENSION | PASS_NOT_VIP | PASS_NOT_OWNED |
+/// PASS_ALL_DOWN | PASS_ICMP_OTHER)`, `drop(DROP_MALFORMED | DROP_FRAGMENT | DROP_ALL_DOWN |
+/// DROP_NOT_CONFIGURED | DROP_NO_ROOM | DROP_TOO_BIG_NO_DF | DROP_ICMP_ERROR_UNROUTABLE)` or
+/// `transmit(TX_FORWARD | TX_ECHO_REPLY | TX_TOO_BIG | TX_ICMP_ERROR_FORWARD)`; never a
+/// continuation.
+#[inline(always)]
+pub fn process(ctx: &XdpContext) -> Verdict {
+    let l3 = match parse::l3(ctx) {
+        Ok(l3) => l3,
+        Err(verdict) => return verdict,
+    };
+    if !may_be_vip_address(&l3.destination) {
+        return Verdict::pass(stats::PASS_NOT_VIP);
+    }
+    if l3.has_ipv6_extension() {
+        return Verdict::pass(stats::PASS_IPV6_EXTENSION);
+    }
+    vip_traffic(ctx, &l3)
+}
+
+/// The cheap pre-check: one inlined array load.
+#[inline(always)]
+fn may_be_vip_address(address: &[u32; 4]) -> bool {
+    match ADDRESS_FILTER.get(hash::address_filter_index(address)) {
+        Some(bit) => *bit != 0,
+        None => false,
+    }
+}
+
+/// The address entry of a VIP address (see `VipKey`), if the address is a VIP.
+#[inline(always)]
+pub fn address_entry(family: u8, address: &[u32; 4]) -> Option<VipMeta> {
+    let key = VipKey { address: *address, port: 0, protocol: PROTOCOL_ADDRESS, family };
+    // SAFETY: the value is copied out at once.
+    VIPS.get_ptr(&key).map(|meta| unsafe { *meta })
+}
+
+/// What to do with a packet that is unusable: drop it if it is VIP traffic, otherwise leave it
+/// to the kernel as if we were not here.
+#[inline(always)]
+fn unusable(l3: &L3, reason: u32) -> Verdict {
+    if address_entry(l3.family, &l3.destination).is_some() {
+        Verdict::drop(reason)
+    } else {
+        Verdict::pass(stats::PASS_NOT_VIP)
+    }
+}
+
+#[inline(always)]
+fn vip_traffic(ctx: &XdpContext, l3: &L3) -> Verdict {
+    if parse::check_lengths(ctx, l3).is_err() {
+        return unusable(l3, stats::DROP_MALFORMED);
+    }
+    if l3.fragment_be & IPV4_FRAGMENT_MASK_BE != 0 {
+        return unusable(l3, stats::DROP_FRAGMENT);
+    }
+    let l4 = match parse::l4(ctx, l3) {
+        Ok(l4) => l4,
+        Err(verdict) => return unusable(l3, verdict.reason()),
+    };
+    // One out-parameter for both routes keeps a single service() call site.
+    let mut routed = Routed { meta: VipMeta::default(), key: FlowKey::default() };
+    let mut track = true;
+    if l3.protocol == PROTOCOL_ICMP || l3.protocol == PROTOCOL_ICMPV6 {
+        let verdict = icmp::handle(ctx, l3, &l4, &mut routed);
+        if !verdict.is_needs_routing() {
+            return verdict;
+        }
+        track = false;
+    } else {
+        let Some(meta) = lookup_vip(l3.family, &l3.destination, l4.destination_port, l3.protocol) else {
+            return Verdict::pass(stats::PASS_NOT_VIP);
+        };
+        routed.meta = meta;
+        routed.key = flow_key(l3, &l4);
+    }
+    let verdict = service(ctx, l3, &routed.meta, &routed.key, track);
+    if let Some(mtu) = verdict.too_big_mtu() {
+        return icmp::too_big(ctx, l3, mtu as usize);
+    }
+    if verdict.is_transmit() && !track {
+        return Verdict::transmit(stats::TX_ICMP_ERROR_FORWARD);
+    }
+    verdict
+}
+
+/// The VIP for (address, port, protocol), falling back to the all-ports VIP of that address.
+#[inline(always)]
+pub fn lookup_vip(family: u8, address: &[u32; 4], port: u16, protocol: u8) -> Option<VipMeta> {
+    let mut key = VipKey { address: *address, port, protocol, family };
+    if let Some(meta) = VIPS.get_ptr(&key) {
+        // SAFETY: copied out at once.
+        return Some(unsafe { *meta });
+    }
+    key.port = 0;
+    // SAFETY: copied out at once.
+    VIPS.get_ptr(&key).map(|meta| unsafe { *meta })
+}
+
+#[inline(always)]
+fn flow_key(l3: &L3, l4: &L4) -> FlowKey {
+    FlowKey {
+        source: l3.source,
+        destination: l3.destination,
+        source_port: l4.source_port,
+        destination_port: l4.destination_port,
+        protocol: l3.protocol,
+        family: l3.family,
+        _padding: [0; 2],
+    }
+}
+
+/// Forwards a packet of a VIP service flow. `track` is false for ICMP errors, which must
+/// follow a flow but never create one.
+///
+/// Its own BPF function: shared by the service and ICMP-error paths, and its stack frame is
+/// not added to the parser's.
+#[inline(never)]
+pub fn service(ctx: &XdpContext, l3: &L3, meta: &VipMeta, key: &FlowKey, track: bool) -> Verdict {
+    if meta.flags & VIP_OWNED == 0 {
+        return Verdict::pass(stats::PASS_NOT_OWNED);
+    }
+    let Some(config) = config() else {
+        return Verdict::drop(stats::DROP_NOT_CONFIGURED);
+    };
+    let tracking = meta.flags & VIP_NO_FLOW_TRACKING == 0;
+    let mut choice = None;
+    if tracking {
+        choice = tracked(meta, key, config);
+    }
+    let choice = match choice {
+        Some(choice) => choice,
+        None => {
+            let hash = hash::flow_key_hash(key, meta.flags & VIP_HASH_SOURCE_ONLY != 0);
+            match from_table(meta, hash) {
+                Some(choice) => {
+                    if track && tracking {
+                        remember(key, choice.0, config);
+                    }
+                    choice
+                }
+                None if meta.flags & VIP_ALL_DOWN_PASS != 0 => return Verdict::pass(stats::PASS_ALL_DOWN),
+                None => return Verdict::drop(stats::DROP_ALL_DOWN),
+            }
+        }
+    };
+    let (backend_id, backend) = choice;
+    let entropy = hash::avalanche(
+        key.source[0] ^ key.source[3] ^ hash::ports_word(key.source_port, key.destination_port),
+    );
+    let verdict = encap::forward(ctx, l3, &backend, entropy, config);
+    if verdict.is_transmit() {
+        count::forwarded(meta.vip_id, backend_id, l3.total_len);
+    }
+    verdict
+}
+
+/// The live configuration slot.
+#[inline(always)]
+fn config() -> Option<&'static Config> {
+    let active = *CONFIG_ACTIVE.get(0)?;
+    CONFIG.get(active & 1)
+}
+
+/// The backend `id` if it may take this packet: up (or draining, for tracked flows) and still
+/// a member of `vip_id`.
+#[inline(always)]
+fn live_backend(id: u32, vip_id: u32, draining_ok: bool) -> Option<Backend> {
+    let health = *HEALTH.get(id)?;
+    if health != HEALTH_UP && !(draining_ok && health == HEALTH_DRAINING) {
+        return None;
+    }
+    let backend = *BACKENDS.get(id)?;
+    if backend.vip_id != vip_id {
+        return None;
+    }
+    Some(backend)
+}
+
+/// The tracked backend of this flow, if there is one and it may still take the flow.
+#[inline(always)]
+fn tracked(meta: &VipMeta, key: &FlowKey, config: &Config) -> Option<(u32, Backend)> {
+    let entry = FLOWS.get_ptr_mut(key)?;
+    // SAFETY: LRU values stay valid for the duration of this program run.
+    let id = unsafe { (*entry).backend_id };
+    if key.protocol == PROTOCOL_UDP {
+        // SAFETY: as above.
+        let last = unsafe { (*entry).last_seen_ns };
+        let now = now_ns();
+        let idle = now.saturating_sub(last);
+        if idle > config.udp_idle_timeout_ns {
+            count::reason(stats::EVENT_FLOW_EXPIRED, 0);
+            return None;
+        }
+        if idle > FLOW_REFRESH_NS {
+            // SAFETY: as above; a racing writer on another CPU stores a time just as good.
+            unsafe { (*entry).last_seen_ns = now };
+        }
+    }
+    match live_backend(id, meta.vip_id, true) {
+        Some(backend) => Some((id, backend)),
+        None => {
+            count::reason(stats::EVENT_FLOW_RESELECTED, 0);
+            None
+        }
+    }
+}
+
+/// Maglev lookup: the backend of the flow's slot, or of the next slot whose backend is up.
+#[inline(always)]
+fn from_table(meta: &VipMeta, hash: u32) -> Option<(u32, Backend)> {
+    let picked = probe_table(meta.table_offset, meta.table_size, meta.vip_id, hash);
+    if picked == NO_BACKEND {
+        return None;
+    }
+    let id = picked as u32;
+    Some((id, *BACKENDS.get(id)?))
+}
+
+const NO_BACKEND: u64 = u64::MAX;
+
+/// Looks at most `MAX_SLOT_PROBES` slots from the flow's slot on and returns the first backend
+/// id that is up (draining backends take no new flows), or `NO_BACKEND`.
+///
+/// A separate BPF function returning a scalar: every way out of the loop then leaves the
+/// caller in the same verifier state, instead of each exit re-verifying the forwarding path.
+#[inline(never)]
+fn probe_table(offset: u32, size: u32, vip_id: u32, hash: u32) -> u64 {
+    if size == 0 {
+        return NO_BACKEND;
+    }
+    let mut slot = hash::slot_of(hash, size);
+    for _ in 0..MAX_SLOT_PROBES {
+        let Some(id) = TABLES.get(offset.wrapping_add(slot)) else {
+            return NO_BACKEND;
+        };
+        let id = *id;
+        if live_backend(id, vip_id, false).is_some() {
+            return id as u64;
+        }
+        slot += 1;
+        if slot >= size {
+            slot = 0;
+        }
+    }
+    NO_BACKEND
+}
+
+/// Tracks a new flow, unless this CPU's insert budget is spent (SYN-flood policy: the flow is
+/// still forwarded by the table, which sends it to the same backend while the table stands).
+#[inline(always)]
+fn remember(key: &FlowKey, backend_id: u32, config: &Config) {
+    let now = now_ns();
+    if !insert_allowed(config, now) {
+        count::reason(stats::EVENT_FLOW_NOT_TRACKED, 0);
+        return;
+    }
+    let value = FlowValue { backend_id, _padding: 0, last_seen_ns: now };
+    let _ = FLOWS.insert(key, &value, 0);
+}
+
+/// Per-CPU token bucket, in nanoseconds of credit: one insert costs `flow_insert_cost_ns`,
+/// credit refills at one nanosecond per nanosecond up to `flow_insert_burst_ns`.
+#[inline(always)]
+fn insert_allowed(config: &Config, now: u64) -> bool {
+    let cost = config.flow_insert_cost_ns;
+    if cost == 0 {
+        return true;
+    }
+    let Some(state) = FLOW_LIMITER.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: per-CPU value, this program is not preempted.
+    unsafe {
+        let refill = now.saturating_sub((*state).last_ns);
+        let mut credit = (*state).credit_ns.saturating_add(refill);
+        if credit > config.flow_insert_burst_ns {
+            credit = config.flow_insert_burst_ns;
+        }
+        (*state).last_ns = now;
+        let allowed = credit >= cost;
+        if allowed {
+            credit -= cost;
+        }
+        (*state).credit_ns = credit;
+        allowed
+    }
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: no arguments; the coarse clock is enough for idle timeouts and the limiter.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}

@@ -1,0 +1,21 @@
+//! The load-balancer XDP program: entry point only. Every packet gets a `Verdict` from `lb`,
+//! which is counted under its reason and turned into an XDP action here.
+#![no_std]
+#![no_main]
+
+mod encap;
+mod icmp;
+mod lb;
+mod maps;
+mod stats;
+
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+use failover_ebpf::packet::frame_len;
+
+#[xdp]
+pub fn failover(ctx: XdpContext) -> u32 {
+    let bytes = frame_len(&ctx);
+    let verdict = lb::process(&ctx);
+    stats::reason(verdict.reason(), bytes);
+    verdict.action()
+}

@@ -1,0 +1,1 @@
+//! Network namespaces for real-traffic tests (filled in below).

@@ -1,0 +1,47 @@
+//! Developer tasks for failover, run as `cargo xtask <task>`: build the eBPF objects, run the tests, run the benchmarks.
+
+mod bench;
+mod build_ebpf;
+mod command;
+mod ebpf;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Developer tasks for failover")]
+struct Xtask {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install nightly, rust-src and bpf-linker where missing, then build the eBPF objects
+    /// (through failover-ctl's build script) and print where they are.
+    BuildEbpf(build_ebpf::Arguments),
+    /// Run the test suite (`cargo test --workspace`), installing the eBPF toolchain first where
+    /// missing.
+    Test(test::Arguments),
+    /// Run the benchmarks.
+    Bench(bench::Arguments),
+}
+
+fn main() -> ExitCode {
+    let result = match Xtask::parse().task {
+        Task::BuildEbpf(arguments) => build_ebpf::run(arguments),
+        Task::Test(arguments) => test::run(arguments),
+        Task::Bench(arguments) => bench::run(arguments),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The message chain alone: returning the error from `main` would add a backtrace
+            // whenever RUST_BACKTRACE is set, as it is in CI.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
