@@ -16,7 +16,6 @@ use failover_ctl::{
     maps::VipSettings,
 };
 
-pub mod netns;
 
 /// XDP action codes.
 pub const XDP_DROP: u32 = 1;
