@@ -221,19 +221,22 @@ fn forward_warnings(stderr: &str) {
 
 /// A command whose environment is the user's, without what the outer cargo set for this script.
 ///
-/// Those variables describe the outer, host build and would leak into the nested one:
-/// - RUSTC, RUSTDOC, RUSTUP_TOOLCHAIN: the outer (stable) toolchain instead of nightly;
-/// - RUSTC_WRAPPER, RUSTC_WORKSPACE_WRAPPER: wrappers (sccache, clippy-driver) that do not expect
-///   the bpf target;
-/// - RUSTFLAGS, CARGO_ENCODED_RUSTFLAGS, CARGO_BUILD_RUSTFLAGS: host flags, which would also
-///   replace our own;
-/// - CARGO_TARGET_DIR: the locked outer target directory;
-/// - CARGO_MAKEFLAGS: the outer jobserver, whose file descriptors the nested cargo cannot use;
-/// - CARGO_CFG_*, CARGO_FEATURE_*, CARGO_PKG_*, CARGO_MANIFEST_*, OUT_DIR, TARGET, HOST, PROFILE,
-///   OPT_LEVEL, DEBUG, NUM_JOBS: facts about this host package that the nested build scripts would
-///   see wherever the nested cargo does not set its own (e.g. CARGO_CFG_UNIX, which bpf lacks);
-/// - LD_LIBRARY_PATH: the outer target directory and the stable toolchain's libraries, where
-///   bpf-linker would look for an LLVM before nightly's.
+/// Those variables describe the outer, host build. Seen to break the nested build:
+/// - RUSTC: cargo then compiles with the outer stable rustc, and `-Z build-std` looks for rust-src
+///   in the stable sysroot ("library/Cargo.lock does not exist");
+/// - RUSTC_WORKSPACE_WRAPPER (set by `cargo clippy`): the stable clippy-driver reports the
+///   stable sysroot, with the same result;
+/// - CARGO_MAKEFLAGS: the outer jobserver, whose file descriptors are closed here ("failed to
+///   connect to jobserver", a warning on every build).
+///
+/// Removed because they would select or configure the wrong thing: RUSTUP_TOOLCHAIN and RUSTDOC
+/// (the outer toolchain), RUSTC_WRAPPER and RUSTC_LINKER (chosen for the host build), RUSTFLAGS,
+/// CARGO_ENCODED_RUSTFLAGS and CARGO_BUILD_RUSTFLAGS (host flags), CARGO_TARGET_DIR (the locked
+/// outer directory), LD_LIBRARY_PATH (the outer target directory and stable's libLLVM:
+/// bpf-linker loads the first libLLVM on that path; rustup puts nightly's first, and stable's
+/// must not be a fallback), and every other CARGO_* as well as OUT_DIR, TARGET, HOST, PROFILE,
+/// OPT_LEVEL, DEBUG and NUM_JOBS: facts about this host package that nested build scripts would
+/// see wherever the nested cargo sets none (CARGO_CFG_UNIX, for one, which bpf lacks).
 ///
 /// Variables that configure cargo for the user (CARGO_HOME, network, registries, terminal) stay.
 fn nested_command(program: impl AsRef<OsStr>) -> Command {

@@ -40,32 +40,35 @@ pub fn ensure_ebpf_toolchain() -> Result<()> {
     }
     warn_on_llvm_mismatch();
 
-    match linker_version() {
-        Some(version) if version == LINKER_VERSION => {}
-        found => {
-            match found {
-                Some(version) => eprintln!("xtask: {LINKER} {version} is installed; replacing it with {LINKER_VERSION}"),
-                None => eprintln!("xtask: {LINKER} is missing; installing {LINKER_VERSION} (this compiles it, which takes a few minutes)"),
-            }
-            run(command::cargo()?.args([
-                "install",
-                LINKER,
-                "--version",
-                LINKER_VERSION,
-                "--locked",
-            ]))?;
-            match linker_version() {
-                Some(version) if version == LINKER_VERSION => {}
-                Some(version) => bail!(
-                    "installed {LINKER} {LINKER_VERSION}, but the {LINKER} first on PATH is still {version}; remove that one or put cargo's bin directory (~/.cargo/bin) first on PATH"
-                ),
-                None => bail!(
-                    "installed {LINKER} {LINKER_VERSION}, but it is not on PATH; add cargo's bin directory (~/.cargo/bin) to PATH"
-                ),
-            }
-        }
+    let installed = linker_version();
+    if installed.as_deref() != Some(LINKER_VERSION) {
+        install_linker(installed)?;
     }
     Ok(())
+}
+
+/// Installs bpf-linker LINKER_VERSION with cargo, replacing the `installed` version if any.
+fn install_linker(installed: Option<String>) -> Result<()> {
+    match installed {
+        Some(version) => {
+            eprintln!("xtask: {LINKER} {version} is installed; replacing it with {LINKER_VERSION}")
+        }
+        None => eprintln!(
+            "xtask: {LINKER} is missing; installing {LINKER_VERSION} (this compiles it, which takes a few minutes)"
+        ),
+    }
+    run(command::cargo()?.args(["install", LINKER, "--version", LINKER_VERSION, "--locked"]))?;
+    match linker_version() {
+        Some(version) if version == LINKER_VERSION => Ok(()),
+        Some(version) => bail!(
+            "installed {LINKER} {LINKER_VERSION}, but the {LINKER} first on PATH is still {version}; \
+             remove that one or put cargo's bin directory (~/.cargo/bin) first on PATH"
+        ),
+        None => bail!(
+            "installed {LINKER} {LINKER_VERSION}, but it is not on PATH; \
+             add cargo's bin directory (~/.cargo/bin) to PATH"
+        ),
+    }
 }
 
 fn rustup() -> Command {

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Developer tasks for failover")]
+#[command(bin_name = "cargo xtask", about = "Developer tasks for failover")]
 struct Xtask {
     #[command(subcommand)]
     task: Task,

@@ -8,7 +8,7 @@ use crate::{command, ebpf::ensure_ebpf_toolchain};
 
 #[derive(clap::Args)]
 pub struct Arguments {
-    /// Passed on to `cargo test`, e.g. `cargo xtask test -- -p failover-tests -- --nocapture`.
+    /// Passed on to `cargo test`, e.g. `cargo xtask test -- maglev -- --nocapture`.
     #[arg(last = true)]
     cargo_arguments: Vec<OsString>,
 }

@@ -1,1 +1,0 @@
-//! Network namespaces for real-traffic tests (filled in below).
