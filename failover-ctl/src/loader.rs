@@ -147,6 +147,6 @@ impl Decap {
     /// A decap reason counter summed over CPUs.
     pub fn counter(&self, reason: u32) -> Result<Counter, LoadError> {
         let values = self.stats.get(&reason, 0).map_err(|source| LoadError::Map { name: names::DECAP_STATS, source })?;
-        Ok(values.iter().fold(Counter::default(), |t, v| Counter { packets: t.packets + v.packets, bytes: t.bytes + v.bytes }))
+        Ok(crate::maps::total(&values))
     }
 }

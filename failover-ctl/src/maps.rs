@@ -365,12 +365,16 @@ pub struct Counters {
     flows: HashMap<MapData, FlowKey, FlowValue>,
 }
 
-fn sum(map: &PerCpuArray<MapData, Counter>, index: u32, name: &'static str) -> Result<Counter, MapWriteError> {
-    let values = map.get(&index, 0).map_err(map_error(name))?;
-    Ok(values.iter().fold(Counter::default(), |total, value| Counter {
+/// A per-CPU counter summed over CPUs.
+pub fn total(values: &[Counter]) -> Counter {
+    values.iter().fold(Counter::default(), |total, value| Counter {
         packets: total.packets + value.packets,
         bytes: total.bytes + value.bytes,
-    }))
+    })
+}
+
+fn sum(map: &PerCpuArray<MapData, Counter>, index: u32, name: &'static str) -> Result<Counter, MapWriteError> {
+    Ok(total(&map.get(&index, 0).map_err(map_error(name))?))
 }
 
 impl Counters {
