@@ -287,8 +287,12 @@ fn insert_allowed(config: &Config, now: u64) -> bool {
     };
     // SAFETY: per-CPU value, this program is not preempted.
     unsafe {
-        let refill = now.saturating_sub((*state).last_ns);
-        let mut credit = (*state).credit_ns.saturating_add(refill);
+        // A bucket never used on this CPU starts full (its time is 0, not "long ago").
+        let mut credit = if (*state).last_ns == 0 {
+            config.flow_insert_burst_ns
+        } else {
+            (*state).credit_ns.saturating_add(now.saturating_sub((*state).last_ns))
+        };
         if credit > config.flow_insert_burst_ns {
             credit = config.flow_insert_burst_ns;
         }
