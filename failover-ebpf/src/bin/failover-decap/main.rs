@@ -56,6 +56,11 @@ fn decap(ctx: &XdpContext) -> Verdict {
         return Verdict::drop(stats::DECAP_MALFORMED);
     }
     let inner = outer.l4_offset();
+    // The inner header must lie inside the outer packet, not in the frame's padding.
+    let needed = if inner_v4 { IPV4_LEN } else { IPV6_LEN };
+    if inner + needed > outer.offset + outer.total_len {
+        return Verdict::drop(stats::DECAP_MALFORMED);
+    }
     let key = if inner_v4 {
         let Some(ip) = at::<Ipv4Header>(ctx, inner) else { return Verdict::drop(stats::DECAP_MALFORMED) };
         // SAFETY: checked by `at`.

@@ -114,10 +114,18 @@ fn route_error(ctx: &XdpContext, l3: &L3, routed: &mut Routed) -> Verdict {
     } else {
         let Some(ip) = at::<Ipv6Header>(ctx, inner) else { return UNROUTABLE };
         // SAFETY: checked by `at`.
-        let (protocol, source, destination) = unsafe { ((*ip).next_header, (*ip).source, (*ip).destination) };
+        let (first, protocol, source, destination) =
+            unsafe { ((*ip).version_class_flow, (*ip).next_header, (*ip).source, (*ip).destination) };
+        if u32::from_be(first) >> 28 != 6 {
+            return UNROUTABLE;
+        }
         (protocol, source, destination, inner + IPV6_LEN)
     };
     if protocol != PROTOCOL_TCP && protocol != PROTOCOL_UDP {
+        return UNROUTABLE;
+    }
+    // The quote must lie inside the ICMP packet, not in the frame's padding.
+    if ports_offset + core::mem::size_of::<Ports>() > l3.offset + l3.total_len {
         return UNROUTABLE;
     }
     let Some(ports) = at::<Ports>(ctx, ports_offset) else { return UNROUTABLE };

@@ -50,14 +50,14 @@ pub fn address_entry(family: u8, address: &[u32; 4]) -> Option<VipMeta> {
     VIPS.get_ptr(&key).map(|meta| unsafe { *meta })
 }
 
-/// What to do with a packet that is unusable: drop it if it is VIP traffic, otherwise leave it
-/// to the kernel as if we were not here.
+/// What to do with a packet that is unusable: drop it if it is traffic for a VIP this node
+/// owns, otherwise leave it to the kernel as if we were not here.
 #[inline(always)]
 fn unusable(l3: &L3, reason: u32) -> Verdict {
-    if address_entry(l3.family, &l3.destination).is_some() {
-        Verdict::drop(reason)
-    } else {
-        Verdict::pass(stats::PASS_NOT_VIP)
+    match address_entry(l3.family, &l3.destination) {
+        Some(meta) if meta.flags & VIP_OWNED != 0 => Verdict::drop(reason),
+        Some(_) => Verdict::pass(stats::PASS_NOT_OWNED),
+        None => Verdict::pass(stats::PASS_NOT_VIP),
     }
 }
 
@@ -91,6 +91,10 @@ fn vip_traffic(ctx: &XdpContext, l3: &L3) -> Verdict {
     }
     let verdict = service(ctx, l3, &routed.meta, &routed.key, track);
     if let Some(mtu) = verdict.too_big_mtu() {
+        // Never an ICMP error about an ICMP error (RFC 1122 §3.2.2, RFC 4443 §2.4 e).
+        if !track {
+            return Verdict::drop(stats::DROP_TOO_BIG_NO_DF);
+        }
         return icmp::too_big(ctx, l3, mtu as usize);
     }
     if verdict.is_transmit() && !track {
