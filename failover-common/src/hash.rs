@@ -96,7 +96,9 @@ pub const fn address_filter_index(address: &[u32; 4]) -> u32 {
         ^ address[1].rotate_left(8)
         ^ address[2].rotate_left(16)
         ^ address[3].rotate_left(24);
-    avalanche(folded) & (crate::maps::ADDRESS_FILTER_SLOTS - 1)
+    // Fibonacci hashing: one multiply, the top bits index the filter. A filter only needs
+    // spread, not avalanche; a collision costs one hash lookup.
+    folded.wrapping_mul(0x9e37_79b1) >> (32 - crate::maps::ADDRESS_FILTER_SLOTS.trailing_zeros())
 }
 
 #[cfg(test)]

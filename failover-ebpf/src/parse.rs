@@ -43,13 +43,16 @@ impl L3 {
     }
 }
 
-/// Parses L2 and the IP header up to the addresses.
+/// Parses L2 and the IP header. `wanted` sees the destination address first, before any other
+/// IP field is read: if it says no, parsing stops with `Err(pass(PASS_NOT_VIP))`, which keeps
+/// traffic that is not ours on the cheapest path.
 ///
-/// Returns `Err(Pass(PASS_UNPARSED))` for anything that is not IPv4/IPv6 or is too short to
+/// Returns `Err(pass(PASS_UNPARSED))` for anything that is not IPv4/IPv6 or is too short to
 /// name a destination: the kernel decides what to do with it, as it would without us.
 #[inline(always)]
-pub fn l3(ctx: &XdpContext) -> Result<L3, Verdict> {
+pub fn l3(ctx: &XdpContext, wanted: impl Fn(&[u32; 4]) -> bool) -> Result<L3, Verdict> {
     const UNPARSED: Verdict = Verdict::pass(stats::PASS_UNPARSED);
+    const NOT_WANTED: Verdict = Verdict::pass(stats::PASS_NOT_VIP);
     let ethernet: *mut EthernetHeader = at(ctx, 0).ok_or(UNPARSED)?;
     // SAFETY: checked by `at`.
     let mut ethertype = unsafe { (*ethernet).ethertype };
@@ -69,20 +72,17 @@ pub fn l3(ctx: &XdpContext) -> Result<L3, Verdict> {
     if ethertype == ETHERTYPE_IPV4_BE {
         let ip: *mut Ipv4Header = at(ctx, offset).ok_or(UNPARSED)?;
         // SAFETY: checked by `at`.
-        let (version_ihl, tos, total, fragment, protocol, source, destination) = unsafe {
-            (
-                (*ip).version_ihl,
-                (*ip).tos,
-                (*ip).total_length,
-                (*ip).fragment,
-                (*ip).protocol,
-                (*ip).source,
-                (*ip).destination,
-            )
-        };
+        let (version_ihl, destination) = unsafe { ((*ip).version_ihl, (*ip).destination) };
         if version_ihl >> 4 != 4 {
             return Err(UNPARSED);
         }
+        let destination = [destination, 0, 0, 0];
+        if !wanted(&destination) {
+            return Err(NOT_WANTED);
+        }
+        // SAFETY: checked by `at`.
+        let (tos, total, fragment, protocol, source) =
+            unsafe { ((*ip).tos, (*ip).total_length, (*ip).fragment, (*ip).protocol, (*ip).source) };
         Ok(L3 {
             offset,
             family: FAMILY_IPV4,
@@ -90,20 +90,23 @@ pub fn l3(ctx: &XdpContext) -> Result<L3, Verdict> {
             tos,
             fragment_be: fragment,
             source: [source, 0, 0, 0],
-            destination: [destination, 0, 0, 0],
+            destination,
             header_len: ((version_ihl & 0x0f) as usize) * 4,
             total_len: u16::from_be(total) as usize,
         })
     } else if ethertype == ETHERTYPE_IPV6_BE {
         let ip: *mut Ipv6Header = at(ctx, offset).ok_or(UNPARSED)?;
         // SAFETY: checked by `at`.
-        let (first, payload, next, source, destination) = unsafe {
-            ((*ip).version_class_flow, (*ip).payload_length, (*ip).next_header, (*ip).source, (*ip).destination)
-        };
+        let (first, destination) = unsafe { ((*ip).version_class_flow, (*ip).destination) };
         let first = u32::from_be(first);
         if first >> 28 != 6 {
             return Err(UNPARSED);
         }
+        if !wanted(&destination) {
+            return Err(NOT_WANTED);
+        }
+        // SAFETY: checked by `at`.
+        let (payload, next, source) = unsafe { ((*ip).payload_length, (*ip).next_header, (*ip).source) };
         Ok(L3 {
             offset,
             family: FAMILY_IPV6,

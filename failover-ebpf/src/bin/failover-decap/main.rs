@@ -41,7 +41,7 @@ pub fn failover_decap(ctx: XdpContext) -> u32 {
 /// for tunnel packets cut short; `Drop(DROP_NO_ROOM)` if the header cannot be removed.
 #[inline(always)]
 fn decap(ctx: &XdpContext) -> Verdict {
-    let outer = match parse::l3(ctx) {
+    let outer = match parse::l3(ctx, |_| true) {
         Ok(l3) => l3,
         Err(verdict) => return verdict,
     };

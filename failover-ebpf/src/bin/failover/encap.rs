@@ -41,8 +41,7 @@ pub fn forward(ctx: &XdpContext, l3: &L3, backend: &Backend, entropy: u32, confi
     if adjust_head(ctx, -(outer_len as i32)).is_err() {
         return Verdict::drop(stats::DROP_NO_ROOM);
     }
-    l2.destination = config.next_hop_mac;
-    l2.source = config.interface_mac;
+    l2.set_addresses(&config.next_hop_mac, &config.interface_mac);
     let inner_protocol = if l3.family == FAMILY_IPV4 { PROTOCOL_IPIP } else { PROTOCOL_IPV6_IN_IP };
     let written = if backend.family == FAMILY_IPV4 {
         l2.write(ctx, ETHERTYPE_IPV4_BE).and_then(|()| {

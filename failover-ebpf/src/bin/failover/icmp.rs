@@ -14,7 +14,9 @@ use failover_ebpf::{
 
 use crate::lb;
 
-/// The flow an ICMP error is about, filled in by `handle` for `needs_routing`.
+/// The flow to forward: a service packet's own, or the one an ICMP error is about (filled in
+/// by `handle` for `needs_routing`).
+#[derive(Clone, Copy)]
 pub struct Routed {
     pub meta: VipMeta,
     pub key: FlowKey,
@@ -56,13 +58,14 @@ pub fn handle(ctx: &XdpContext, l3: &L3, l4: &L4, routed: &mut Routed) -> Verdic
 #[inline(always)]
 fn echo_reply(ctx: &XdpContext, l3: &L3) -> Verdict {
     const NO_ROOM: Verdict = Verdict::drop(stats::DROP_MALFORMED);
-    let Some(ethernet) = at::<EthernetHeader>(ctx, 0) else { return NO_ROOM };
+    let Some(l2) = L2::read(ctx, l3.offset) else { return NO_ROOM };
+    let ethertype = if l3.family == FAMILY_IPV4 { ETHERTYPE_IPV4_BE } else { ETHERTYPE_IPV6_BE };
+    if l2.reversed().write(ctx, ethertype).is_none() {
+        return NO_ROOM;
+    }
     let Some(icmp) = at::<IcmpHeader>(ctx, l3.l4_offset()) else { return NO_ROOM };
-    // SAFETY: every pointer was checked by `at`.
+    // SAFETY: checked by `at`.
     unsafe {
-        let mac = (*ethernet).destination;
-        (*ethernet).destination = (*ethernet).source;
-        (*ethernet).source = mac;
         let old = u16::from_ne_bytes([(*icmp).kind, (*icmp).code]);
         let reply = if l3.family == FAMILY_IPV4 { ICMP_ECHO_REPLY } else { ICMPV6_ECHO_REPLY };
         (*icmp).kind = reply;
@@ -186,7 +189,7 @@ pub fn too_big(ctx: &XdpContext, l3: &L3, mtu: usize) -> Verdict {
     if adjust_tail(ctx, delta).is_err() {
         return Verdict::drop(stats::DROP_NO_ROOM);
     }
-    let reply = L2 { destination: l2.source, source: l2.destination, tags: l2.tags, tag_count: l2.tag_count };
+    let reply = l2.reversed();
     let written = if v4 {
         reply.write(ctx, ETHERTYPE_IPV4_BE).and_then(|()| write_too_big_v4(ctx, l2_len, l3, quote, quoted, mtu))
     } else {

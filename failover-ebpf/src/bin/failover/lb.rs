@@ -20,13 +20,10 @@ use crate::{encap, icmp::{self, Routed}, maps::*, stats as count};
 /// continuation.
 #[inline(always)]
 pub fn process(ctx: &XdpContext) -> Verdict {
-    let l3 = match parse::l3(ctx) {
+    let l3 = match parse::l3(ctx, may_be_vip_address) {
         Ok(l3) => l3,
         Err(verdict) => return verdict,
     };
-    if !may_be_vip_address(&l3.destination) {
-        return Verdict::pass(stats::PASS_NOT_VIP);
-    }
     if l3.has_ipv6_extension() {
         return Verdict::pass(stats::PASS_IPV6_EXTENSION);
     }
@@ -74,10 +71,14 @@ fn vip_traffic(ctx: &XdpContext, l3: &L3) -> Verdict {
         Err(verdict) => return unusable(l3, verdict.reason()),
     };
     // One out-parameter for both routes keeps a single service() call site.
-    let mut routed = Routed { meta: VipMeta::default(), key: FlowKey::default() };
+    let Some(routed) = SCRATCH.get_ptr_mut(0) else {
+        return Verdict::drop(stats::DROP_NOT_CONFIGURED);
+    };
+    // SAFETY: this CPU's scratch entry; this program is not preempted and nothing else uses it.
+    let routed = unsafe { &mut *routed };
     let mut track = true;
     if l3.protocol == PROTOCOL_ICMP || l3.protocol == PROTOCOL_ICMPV6 {
-        let verdict = icmp::handle(ctx, l3, &l4, &mut routed);
+        let verdict = icmp::handle(ctx, l3, &l4, routed);
         if !verdict.is_needs_routing() {
             return verdict;
         }
@@ -196,6 +197,16 @@ fn live_backend(id: u32, vip_id: u32, draining_ok: bool) -> Option<Backend> {
     Some(backend)
 }
 
+/// True if backend `id` is up and a member of `vip_id`; reads the entry in place (a copy
+/// would cost the probe loop's frame 24 bytes of stack).
+#[inline(always)]
+fn is_up(id: u32, vip_id: u32) -> bool {
+    match (HEALTH.get(id), BACKENDS.get(id)) {
+        (Some(health), Some(backend)) => *health == HEALTH_UP && backend.vip_id == vip_id,
+        _ => false,
+    }
+}
+
 /// The tracked backend of this flow, if there is one and it may still take the flow.
 #[inline(always)]
 fn tracked(meta: &VipMeta, key: &FlowKey, config: &Config) -> Option<(u32, Backend)> {
@@ -254,7 +265,7 @@ fn probe_table(offset: u32, size: u32, vip_id: u32, hash: u32) -> u64 {
             return NO_BACKEND;
         };
         let id = *id;
-        if live_backend(id, vip_id, false).is_some() {
+        if is_up(id, vip_id) {
             return id as u64;
         }
         slot += 1;

@@ -8,6 +8,8 @@ use aya_ebpf::{
 };
 use failover_common::{maps::*, stats::REASON_COUNT};
 
+use crate::icmp::Routed;
+
 /// (address, port, protocol) -> VIP id, flags and active table region. Controller writes;
 /// no-prealloc so a replaced value is freed after an RCU grace period, never recycled under a
 /// reader. Written last when a table is published.
@@ -62,3 +64,8 @@ pub static BACKEND_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(M
 /// `failover_common::stats` reason -> packets and frame bytes. Data plane writes.
 #[map]
 pub static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+/// 0 -> this CPU's scratch space for the flow being forwarded. Data plane only: keeps 56 bytes
+/// off the entry function's stack, which the 512-byte limit of a call chain needs.
+#[map]
+pub static SCRATCH: PerCpuArray<Routed> = PerCpuArray::with_max_entries(1, 0);
