@@ -32,7 +32,7 @@ pub fn mac_words(mac: &[u8; 6]) -> [u16; 3] {
 impl L2 {
     /// Bytes of L2 header: 14, 18 or 22.
     #[inline(always)]
-    pub fn len(&self) -> usize {
+    pub fn header_len(&self) -> usize {
         ETHERNET_LEN + self.tag_count * 4
     }
 

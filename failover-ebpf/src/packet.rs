@@ -41,6 +41,7 @@ pub fn has_bytes_after(ctx: &XdpContext, offset: usize) -> bool {
 
 /// Grows (`delta < 0`) or shrinks the front of the packet. Invalidates every packet pointer.
 #[inline(always)]
+#[allow(clippy::result_unit_err, reason = "the helper's only failure is a refusal; callers turn it into a drop reason")]
 pub fn adjust_head(ctx: &XdpContext, delta: i32) -> Result<(), ()> {
     // SAFETY: the helper only moves `data`; pointers are re-derived with `at` afterwards.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) } == 0 { Ok(()) } else { Err(()) }
@@ -48,6 +49,7 @@ pub fn adjust_head(ctx: &XdpContext, delta: i32) -> Result<(), ()> {
 
 /// Grows or shrinks the end of the packet. Invalidates every packet pointer.
 #[inline(always)]
+#[allow(clippy::result_unit_err, reason = "the helper's only failure is a refusal; callers turn it into a drop reason")]
 pub fn adjust_tail(ctx: &XdpContext, delta: i32) -> Result<(), ()> {
     // SAFETY: as for `adjust_head`.
     if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } == 0 { Ok(()) } else { Err(()) }

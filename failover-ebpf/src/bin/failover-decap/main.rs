@@ -72,7 +72,7 @@ fn decap(ctx: &XdpContext) -> Verdict {
         let destination = unsafe { (*ip).destination };
         VipKey { address: destination, port: 0, protocol: PROTOCOL_ADDRESS, family: FAMILY_IPV6 }
     };
-    if DECAP_VIPS.get_ptr(&key).is_none() {
+    if DECAP_VIPS.get_ptr(key).is_none() {
         return Verdict::pass(stats::DECAP_NOT_VIP);
     }
     let Some(l2) = L2::read(ctx, outer.offset) else { return Verdict::drop(stats::DECAP_MALFORMED) };

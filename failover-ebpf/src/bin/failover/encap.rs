@@ -45,11 +45,11 @@ pub fn forward(ctx: &XdpContext, l3: &L3, backend: &Backend, entropy: u32, confi
     let inner_protocol = if l3.family == FAMILY_IPV4 { PROTOCOL_IPIP } else { PROTOCOL_IPV6_IN_IP };
     let written = if backend.family == FAMILY_IPV4 {
         l2.write(ctx, ETHERTYPE_IPV4_BE).and_then(|()| {
-            write_ipv4(ctx, l2.len(), l3, inner_protocol, inner_len, backend.address[0], entropy, config)
+            write_ipv4(ctx, l2.header_len(), l3, inner_protocol, inner_len, backend.address[0], entropy, config)
         })
     } else {
         l2.write(ctx, ETHERTYPE_IPV6_BE).and_then(|()| {
-            write_ipv6(ctx, l2.len(), l3, inner_protocol, inner_len, &backend.address, entropy, config)
+            write_ipv6(ctx, l2.header_len(), l3, inner_protocol, inner_len, &backend.address, entropy, config)
         })
     };
     match written {

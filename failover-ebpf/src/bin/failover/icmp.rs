@@ -75,6 +75,8 @@ fn echo_reply(ctx: &XdpContext, l3: &L3) -> Verdict {
     if l3.family == FAMILY_IPV4 {
         let Some(ip) = at::<Ipv4Header>(ctx, l3.offset) else { return NO_ROOM };
         // SAFETY: checked by `at`. Swapping addresses leaves the header checksum unchanged.
+        // Field by field: `mem::swap` would take references to possibly misaligned packet fields.
+        #[allow(clippy::manual_swap, reason = "see above")]
         unsafe {
             let address = (*ip).source;
             (*ip).source = (*ip).destination;
@@ -88,6 +90,7 @@ fn echo_reply(ctx: &XdpContext, l3: &L3) -> Verdict {
         let Some(ip) = at::<Ipv6Header>(ctx, l3.offset) else { return NO_ROOM };
         // SAFETY: checked by `at`. The pseudo-header sum does not change when source and
         // destination swap.
+        #[allow(clippy::manual_swap, reason = "`mem::swap` would reference misaligned packet fields")]
         unsafe {
             let address = (*ip).source;
             (*ip).source = (*ip).destination;
@@ -172,7 +175,7 @@ pub fn too_big(ctx: &XdpContext, l3: &L3, mtu: usize) -> Verdict {
     if adjust_head(ctx, -(headers as i32)).is_err() {
         return Verdict::drop(stats::DROP_NO_ROOM);
     }
-    let l2_len = l2.len();
+    let l2_len = l2.header_len();
     // The quote is summed before the tail is cut: the offending packet is longer than any
     // quote, so the widest read is in bounds.
     let quote_offset = l2_len + headers;

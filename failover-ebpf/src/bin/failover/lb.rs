@@ -9,7 +9,7 @@ use failover_ebpf::{
     verdict::Verdict,
 };
 
-use crate::{encap, icmp::{self, Routed}, maps::*, stats as count};
+use crate::{encap, icmp, maps::*, stats as count};
 
 /// Handles one packet.
 ///
@@ -44,7 +44,7 @@ fn may_be_vip_address(address: &[u32; 4]) -> bool {
 pub fn address_entry(family: u8, address: &[u32; 4]) -> Option<VipMeta> {
     let key = VipKey { address: *address, port: 0, protocol: PROTOCOL_ADDRESS, family };
     // SAFETY: the value is copied out at once.
-    VIPS.get_ptr(&key).map(|meta| unsafe { *meta })
+    VIPS.get_ptr(key).map(|meta| unsafe { *meta })
 }
 
 /// What to do with a packet that is unusable: drop it if it is traffic for a VIP this node
@@ -108,13 +108,13 @@ fn vip_traffic(ctx: &XdpContext, l3: &L3) -> Verdict {
 #[inline(always)]
 pub fn lookup_vip(family: u8, address: &[u32; 4], port: u16, protocol: u8) -> Option<VipMeta> {
     let mut key = VipKey { address: *address, port, protocol, family };
-    if let Some(meta) = VIPS.get_ptr(&key) {
+    if let Some(meta) = VIPS.get_ptr(key) {
         // SAFETY: copied out at once.
         return Some(unsafe { *meta });
     }
     key.port = 0;
     // SAFETY: copied out at once.
-    VIPS.get_ptr(&key).map(|meta| unsafe { *meta })
+    VIPS.get_ptr(key).map(|meta| unsafe { *meta })
 }
 
 #[inline(always)]
@@ -286,7 +286,7 @@ fn remember(key: &FlowKey, backend_id: u32, config: &Config) {
         return;
     }
     let value = FlowValue { backend_id, _padding: 0, last_seen_ns: now };
-    let _ = FLOWS.insert(key, &value, 0);
+    let _ = FLOWS.insert(key, value, 0);
 }
 
 /// Per-CPU token bucket, in nanoseconds of credit: one insert costs `flow_insert_cost_ns`,
