@@ -1,8 +1,10 @@
 //! failover-ctl library: loader, map writer and pure control logic shared by the daemon, xtask and tests.
 pub mod address;
+pub mod config;
 pub mod grace;
 pub mod loader;
 pub mod maglev;
 pub mod maps;
 pub mod objects;
+pub mod probe;
 pub mod table_pool;
