@@ -2,6 +2,7 @@
 pub mod address;
 pub mod config;
 pub mod grace;
+pub mod sys;
 pub mod loader;
 pub mod maglev;
 pub mod maps;

@@ -4,19 +4,30 @@
 //! log or publish; the probe tasks have no side effects beyond the network. Every attempt is cut
 //! by its timeout, and every backend has its own task, so a hanging backend delays no other probe.
 
+pub mod exec;
 pub mod http;
+pub mod icmp;
+pub mod postgres;
+pub mod redis;
 pub mod tcp;
+pub mod udp;
 pub mod verdict;
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
+    process::ExitStatus,
     time::{Duration, Instant, SystemTime},
 };
 
 use rand::{rngs::StdRng, SeedableRng};
 use tokio::{sync::mpsc, task::JoinHandle};
 
+use crate::config::{self, Check, PostgresRole};
+
 pub use http::HttpSpec;
+pub use postgres::PostgresSpec;
+pub use redis::RedisSpec;
+pub use udp::UdpSpec;
 pub use verdict::{next_delay, Health, Thresholds, ThresholdsError, Transition, Verdict};
 
 /// What to probe and how a backend proves it is healthy.
@@ -26,12 +37,36 @@ pub enum ProbeSpec {
     Tcp { address: SocketAddr },
     /// Healthy when an HTTP or HTTPS GET answers as [`HttpSpec`] expects.
     Http(HttpSpec),
+    /// Healthy when a datagram is answered as [`UdpSpec`] expects.
+    Udp(UdpSpec),
+    /// Healthy when an ICMP echo request is answered; the port of `address` is unused.
+    Icmp { address: SocketAddr },
+    /// Healthy when a program exits with status 0.
+    Exec(ExecSpec),
+    /// Healthy when Redis reports the expected replication role.
+    Redis(RedisSpec),
+    /// Healthy when PostgreSQL accepts the connection and has the expected role.
+    Postgres(PostgresSpec),
+}
+
+/// A program run as a probe; `address` names the backend it checks, the program is not told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecSpec {
+    pub address: SocketAddr,
+    /// Program and arguments, run directly, never through a shell.
+    pub argv: Vec<String>,
 }
 
 impl ProbeSpec {
     pub fn address(&self) -> SocketAddr {
         match self {
-            Self::Tcp { address } | Self::Http(HttpSpec { address, .. }) => *address,
+            Self::Tcp { address }
+            | Self::Http(HttpSpec { address, .. })
+            | Self::Udp(UdpSpec { address, .. })
+            | Self::Icmp { address }
+            | Self::Exec(ExecSpec { address, .. })
+            | Self::Redis(RedisSpec { address, .. })
+            | Self::Postgres(PostgresSpec { address, .. }) => *address,
         }
     }
 }
@@ -79,6 +114,145 @@ pub enum ProbeError {
         url: String,
         expected: String,
     },
+    #[error("UDP exchange with backend {address} failed")]
+    Datagram {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("UDP reply from backend {address} does not contain {expected:?}")]
+    Reply {
+        address: SocketAddr,
+        expected: String,
+    },
+    #[error("ICMP echo to backend {address} failed")]
+    Echo {
+        address: IpAddr,
+        source: surge_ping::SurgeError,
+    },
+    #[error("health check program has an empty argv")]
+    EmptyCommand,
+    #[error("starting health check program {program} failed")]
+    Start {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("waiting for health check program {program} failed")]
+    Wait {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("health check program {program} ended with {status}: {stderr:?}")]
+    Exit {
+        program: String,
+        status: ExitStatus,
+        /// The start of its standard error.
+        stderr: String,
+    },
+    #[error("Redis INFO replication on backend {address} failed")]
+    Redis {
+        address: SocketAddr,
+        source: ::redis::RedisError,
+    },
+    #[error("Redis backend {address} has role {actual}, expected {expected}")]
+    RedisRole {
+        address: SocketAddr,
+        expected: &'static str,
+        actual: String,
+    },
+    #[error("PostgreSQL check on backend {address} failed")]
+    Postgres {
+        address: SocketAddr,
+        source: tokio_postgres::Error,
+    },
+    #[error("PostgreSQL backend {address} closed the connection before answering")]
+    PostgresClosed { address: SocketAddr },
+    #[error(
+        "PostgreSQL backend {address} is not {expected:?} (pg_is_in_recovery is {in_recovery})"
+    )]
+    PostgresRole {
+        address: SocketAddr,
+        expected: PostgresRole,
+        in_recovery: bool,
+    },
+}
+
+/// Why a configured probe could not be turned into a [`ProbeSpec`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FromConfigError {
+    #[error("probe of backend {address} has invalid thresholds")]
+    Thresholds {
+        address: IpAddr,
+        source: ThresholdsError,
+    },
+}
+
+/// Turns the configured probe of the backend at `backend` into what [`spawn`] takes.
+///
+/// Ports are already resolved by the configuration (VIP port or the kind's default). The
+/// configured jitter, a duration, becomes a fraction of the interval.
+pub fn from_config(
+    probe: &config::Probe,
+    backend: IpAddr,
+) -> Result<(ProbeSpec, ProbeSettings), FromConfigError> {
+    let at = |port: u16| SocketAddr::new(backend, port);
+    let http = |check: &config::HttpCheck, tls: bool| HttpSpec {
+        address: at(check.port),
+        host: check.host.clone(),
+        path: check.path.clone(),
+        tls,
+        accept_invalid_certificates: false,
+        expect_status: check.expect_status,
+        body_contains: check.body_contains.clone(),
+    };
+    let spec = match &probe.check {
+        Check::Tcp { port } => ProbeSpec::Tcp { address: at(*port) },
+        Check::Http(check) => ProbeSpec::Http(http(check, false)),
+        Check::Https(check) => ProbeSpec::Http(http(check, true)),
+        Check::Udp { port, send, expect } => ProbeSpec::Udp(UdpSpec {
+            address: at(*port),
+            send: send.clone(),
+            expect: expect.clone(),
+        }),
+        Check::Icmp => ProbeSpec::Icmp { address: at(0) },
+        Check::Exec { argv } => ProbeSpec::Exec(ExecSpec {
+            address: at(0),
+            argv: argv.clone(),
+        }),
+        Check::Redis { port, role } => ProbeSpec::Redis(RedisSpec {
+            address: at(*port),
+            role: *role,
+        }),
+        Check::Postgres {
+            port,
+            user,
+            database,
+            role,
+        } => ProbeSpec::Postgres(PostgresSpec {
+            address: at(*port),
+            user: user.clone(),
+            database: database.clone(),
+            role: *role,
+        }),
+    };
+    let timing = &probe.timing;
+    let thresholds = Thresholds::new(timing.rise, timing.fall).map_err(|source| {
+        FromConfigError::Thresholds {
+            address: backend,
+            source,
+        }
+    })?;
+    let jitter = if timing.interval.is_zero() {
+        0.0
+    } else {
+        (timing.jitter.as_secs_f64() / timing.interval.as_secs_f64()).clamp(0.0, 1.0)
+    };
+    let settings = ProbeSettings {
+        interval: timing.interval,
+        timeout: timing.timeout,
+        thresholds,
+        jitter,
+    };
+    Ok((spec, settings))
 }
 
 /// The outcome of one attempt.
@@ -105,6 +279,15 @@ enum Prober {
         address: SocketAddr,
     },
     Http(Box<http::HttpProbe>),
+    Udp(UdpSpec),
+    Icmp {
+        address: IpAddr,
+    },
+    Exec {
+        argv: Vec<String>,
+    },
+    Redis(RedisSpec),
+    Postgres(PostgresSpec),
     /// The HTTP client could not be built; every attempt reports why.
     Broken(String),
 }
@@ -117,6 +300,13 @@ impl Prober {
                 Ok(probe) => Self::Http(Box::new(probe)),
                 Err(error) => Self::Broken(error_chain(&error)),
             },
+            ProbeSpec::Udp(udp_spec) => Self::Udp(udp_spec.clone()),
+            ProbeSpec::Icmp { address } => Self::Icmp {
+                address: address.ip(),
+            },
+            ProbeSpec::Exec(ExecSpec { argv, .. }) => Self::Exec { argv: argv.clone() },
+            ProbeSpec::Redis(redis_spec) => Self::Redis(redis_spec.clone()),
+            ProbeSpec::Postgres(postgres_spec) => Self::Postgres(postgres_spec.clone()),
         }
     }
 
@@ -125,6 +315,13 @@ impl Prober {
         let outcome = match self {
             Self::Tcp { address } => tokio::time::timeout(timeout, tcp::probe(*address)).await,
             Self::Http(probe) => tokio::time::timeout(timeout, probe.run()).await,
+            Self::Udp(spec) => tokio::time::timeout(timeout, udp::probe(spec)).await,
+            Self::Icmp { address } => {
+                tokio::time::timeout(timeout, icmp::probe(*address, timeout)).await
+            }
+            Self::Exec { argv } => tokio::time::timeout(timeout, exec::probe(argv)).await,
+            Self::Redis(spec) => tokio::time::timeout(timeout, redis::probe(spec)).await,
+            Self::Postgres(spec) => tokio::time::timeout(timeout, postgres::probe(spec)).await,
             Self::Broken(detail) => {
                 return ProbeResult {
                     success: false,
@@ -213,6 +410,70 @@ pub fn spawn(
 mod tests {
     use super::*;
     use tokio::net::TcpListener;
+
+    #[test]
+    fn every_backend_of_the_example_converts() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/failover.toml");
+        let config = config::load(&path).unwrap();
+        let mut kinds = Vec::new();
+        for vip in &config.vips {
+            for backend in &vip.backends {
+                let (spec, settings) = from_config(&backend.probe, backend.address).unwrap();
+                assert_eq!(spec.address().ip(), backend.address);
+                assert_eq!(settings.interval, backend.probe.timing.interval);
+                assert_eq!(settings.timeout, backend.probe.timing.timeout);
+                assert!(
+                    (0.0..=1.0).contains(&settings.jitter),
+                    "{}",
+                    settings.jitter
+                );
+                let kind = match spec {
+                    ProbeSpec::Tcp { .. } => "tcp",
+                    ProbeSpec::Http(HttpSpec { tls: false, .. }) => "http",
+                    ProbeSpec::Http(HttpSpec { tls: true, .. }) => "https",
+                    ProbeSpec::Udp(_) => "udp",
+                    ProbeSpec::Icmp { .. } => "icmp",
+                    ProbeSpec::Exec(_) => "exec",
+                    ProbeSpec::Redis(_) => "redis",
+                    ProbeSpec::Postgres(_) => "postgres",
+                };
+                kinds.push(kind);
+            }
+        }
+        kinds.sort_unstable();
+        kinds.dedup();
+        assert_eq!(
+            kinds,
+            ["exec", "http", "https", "icmp", "postgres", "redis", "tcp", "udp"]
+        );
+    }
+
+    #[test]
+    fn example_values_reach_the_spec() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/failover.toml");
+        let config = config::load(&path).unwrap();
+        let dns = config.vip("dns").unwrap();
+        let (spec, settings) =
+            from_config(&dns.backends[0].probe, dns.backends[0].address).unwrap();
+        assert_eq!(
+            spec,
+            ProbeSpec::Udp(UdpSpec {
+                address: "[2001:db8:2::1]:53".parse().unwrap(),
+                send: "ping".into(),
+                expect: "pong".into(),
+            })
+        );
+        assert_eq!(settings.thresholds, Thresholds::new(1, 2).unwrap());
+        let db = config.vip("db").unwrap();
+        let (spec, _) = from_config(&db.backends[2].probe, db.backends[2].address).unwrap();
+        assert_eq!(
+            spec,
+            ProbeSpec::Redis(RedisSpec {
+                address: "198.51.100.33:6379".parse().unwrap(),
+                role: config::RedisRole::Replica,
+            })
+        );
+    }
 
     const WAIT: Duration = Duration::from_secs(5);
 

@@ -6,21 +6,17 @@
 
 use std::{
     ffi::CString,
-    io,
     mem::size_of,
-    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, BorrowedFd, OwnedFd},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
+use failover_ctl::sys::{
+    self, BPF_LINK_CREATE, BPF_MAP_TYPE_ARRAY, BPF_PROG_LOAD, BPF_PROG_TEST_RUN,
+};
 
 // Commands, types and flags from include/uapi/linux/bpf.h and if_link.h.
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
 const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
@@ -109,23 +105,6 @@ impl Assembler {
     }
 }
 
-fn sys_bpf<T>(command: libc::c_long, attributes: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attributes` is a repr(C) prefix of `union bpf_attr` for `command`, zeroed where
-    // unused, and lives for the duration of the call; the size passed is its own.
-    let result = unsafe {
-        libc::syscall(libc::SYS_bpf, command, attributes as *mut T as *mut libc::c_void, size_of::<T>() as libc::c_uint)
-    };
-    if result < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(result)
-}
-
-fn owned_fd(raw: libc::c_long) -> OwnedFd {
-    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
-    unsafe { OwnedFd::from_raw_fd(raw as i32) }
-}
-
 /// The `BPF_PROG_LOAD` part of `union bpf_attr`, up to `expected_attach_type`.
 #[repr(C)]
 #[derive(Default)]
@@ -164,11 +143,11 @@ fn load_xdp(name: &str, instructions: &[Instruction]) -> Result<OwnedFd> {
         ..ProgramLoad::default()
     };
     let mut log = vec![0u8; 1 << 16];
-    if let Ok(fd) = sys_bpf(BPF_PROG_LOAD, &mut attributes(&mut log, 0)) {
-        return Ok(owned_fd(fd));
+    if let Ok(fd) = sys::bpf(BPF_PROG_LOAD, &mut attributes(&mut log, 0)) {
+        return Ok(sys::owned_fd(fd));
     }
     // Again with the verifier log, only to explain the failure.
-    let error = sys_bpf(BPF_PROG_LOAD, &mut attributes(&mut log, 1)).err();
+    let error = sys::bpf(BPF_PROG_LOAD, &mut attributes(&mut log, 1)).err();
     let end = log.iter().position(|&byte| byte == 0).unwrap_or(log.len());
     bail!(
         "the kernel rejected the {name} program ({}):\n{}",
@@ -243,47 +222,13 @@ pub fn load_restore(restore: &Restore<'_>, counter: BorrowedFd<'_>) -> Result<Ow
     load_xdp("bench_restore", &program.finish_with_drop()?)
 }
 
-/// The `BPF_MAP_CREATE` prefix of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct MapCreate {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-}
-
 /// An array map of one u64: the peer's frame counter.
 pub fn create_counter() -> Result<OwnedFd> {
-    let mut attributes =
-        MapCreate { map_type: BPF_MAP_TYPE_ARRAY, key_size: 4, value_size: 8, max_entries: 1, ..MapCreate::default() };
-    let fd = sys_bpf(BPF_MAP_CREATE, &mut attributes).context("creating the frame counter map")?;
-    Ok(owned_fd(fd))
-}
-
-/// The `BPF_MAP_*_ELEM` part of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct MapElement {
-    map_fd: u32,
-    _padding: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
+    sys::create_map(BPF_MAP_TYPE_ARRAY, 8, 1, None).context("creating the frame counter map")
 }
 
 pub fn read_counter(counter: BorrowedFd<'_>) -> Result<u64> {
-    let key = 0u32;
-    let mut value = 0u64;
-    let mut attributes = MapElement {
-        map_fd: counter.as_raw_fd() as u32,
-        key: &key as *const u32 as u64,
-        value: &mut value as *mut u64 as u64,
-        ..MapElement::default()
-    };
-    sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut attributes).context("reading the frame counter")?;
-    Ok(value)
+    sys::lookup_element(counter, 0).context("reading the frame counter")
 }
 
 /// The `BPF_LINK_CREATE` prefix of `union bpf_attr`.
@@ -305,9 +250,9 @@ pub fn attach_native(program: BorrowedFd<'_>, ifindex: u32) -> Result<OwnedFd> {
         attach_type: BPF_XDP,
         flags: XDP_FLAGS_DRV_MODE,
     };
-    let fd = sys_bpf(BPF_LINK_CREATE, &mut attributes)
+    let fd = sys::bpf(BPF_LINK_CREATE, &mut attributes)
         .with_context(|| format!("attaching an XDP program in native mode to ifindex {ifindex}"))?;
-    Ok(owned_fd(fd))
+    Ok(sys::owned_fd(fd))
 }
 
 /// The `BPF_PROG_TEST_RUN` part of `union bpf_attr`.
@@ -366,7 +311,7 @@ pub fn test_run(program: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> Result<Ru
         ..TestRun::default()
     };
     let start = Instant::now();
-    sys_bpf(BPF_PROG_TEST_RUN, &mut attributes).context("BPF_PROG_TEST_RUN")?;
+    sys::bpf(BPF_PROG_TEST_RUN, &mut attributes).context("BPF_PROG_TEST_RUN")?;
     let wall = start.elapsed();
     Ok(Run { return_value: attributes.return_value, kernel_ns: attributes.duration, wall })
 }
@@ -388,7 +333,7 @@ pub fn test_run_live(program: BorrowedFd<'_>, frame: &[u8], ifindex: u32, frames
         ..TestRun::default()
     };
     let start = Instant::now();
-    sys_bpf(BPF_PROG_TEST_RUN, &mut attributes).context("BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES")?;
+    sys::bpf(BPF_PROG_TEST_RUN, &mut attributes).context("BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES")?;
     let wall = start.elapsed();
     Ok(Run { return_value: attributes.return_value, kernel_ns: attributes.duration, wall })
 }
