@@ -122,6 +122,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::probe::test_support::*;
     use crate::probe::{probe_once, ProbeSpec};
 
     const TIMEOUT: Duration = Duration::from_millis(300);
@@ -214,14 +215,7 @@ mod tests {
 
     #[tokio::test]
     async fn silent_server_fails_at_the_timeout() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let holder = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                held.push(stream);
-            }
-        });
+        let (address, holder) = silent_server().await;
         let start = Instant::now();
         let result = probe_once(&spec(address, None), TIMEOUT).await;
         assert!(!result.success);
@@ -231,9 +225,7 @@ mod tests {
 
     #[tokio::test]
     async fn closed_port_fails() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        drop(listener);
+        let address = unused_port();
         let result = probe_once(&spec(address, None), Duration::from_secs(2)).await;
         assert!(!result.success);
         assert!(

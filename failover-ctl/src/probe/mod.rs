@@ -10,6 +10,8 @@ pub mod icmp;
 pub mod postgres;
 pub mod redis;
 pub mod tcp;
+#[cfg(test)]
+mod test_support;
 pub mod udp;
 pub mod verdict;
 
@@ -409,6 +411,7 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::test_support::*;
     use tokio::net::TcpListener;
 
     #[test]
@@ -537,14 +540,7 @@ mod tests {
     async fn a_hanging_backend_does_not_delay_another() {
         // The hanging backend accepts TCP but never answers HTTP; its probe waits for the timeout
         // while the other backend's probe keeps its own pace.
-        let hanging = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let hanging_address = hanging.local_addr().unwrap();
-        let holder = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((stream, _)) = hanging.accept().await {
-                held.push(stream);
-            }
-        });
+        let (hanging_address, holder) = silent_server().await;
         let healthy = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let healthy_address = healthy.local_addr().unwrap();
 

@@ -63,9 +63,10 @@ pub async fn probe(spec: &PostgresSpec) -> Result<String, ProbeError> {
 
 #[cfg(test)]
 mod tests {
-    use std::{net::TcpListener, time::Duration};
+    use std::time::Duration;
 
     use super::*;
+    use crate::probe::test_support::*;
     use crate::probe::{probe_once, ProbeSpec};
 
     #[test]
@@ -78,9 +79,7 @@ mod tests {
 
     #[tokio::test]
     async fn closed_port_fails() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
-        drop(listener);
+        let address = unused_port();
         let spec = ProbeSpec::Postgres(PostgresSpec {
             address,
             user: "monitor".into(),

@@ -61,12 +61,12 @@ pub async fn probe(spec: &RedisSpec) -> Result<String, ProbeError> {
 #[cfg(test)]
 mod tests {
     use std::{
-        net::TcpListener,
         process::{Child, Command, Stdio},
         time::{Duration, Instant},
     };
 
     use super::*;
+    use crate::probe::test_support::*;
     use crate::probe::{probe_once, ProbeSpec};
 
     #[test]
@@ -83,9 +83,7 @@ mod tests {
 
     #[tokio::test]
     async fn closed_port_fails() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
-        drop(listener);
+        let address = unused_port();
         let spec = ProbeSpec::Redis(RedisSpec {
             address,
             role: RedisRole::Master,
@@ -112,9 +110,7 @@ mod tests {
     #[tokio::test]
     async fn master_role_is_checked_against_a_real_server() {
         // A free port: bind, note it, release it for the server.
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
-        drop(listener);
+        let address = unused_port();
         let port = address.port().to_string();
         let child = Command::new("redis-server")
             .args([

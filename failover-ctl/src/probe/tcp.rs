@@ -18,6 +18,7 @@ pub async fn probe(address: SocketAddr) -> Result<String, ProbeError> {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+    use crate::probe::test_support::*;
 
     use tokio::{net::TcpListener, task::JoinSet};
 
@@ -35,10 +36,7 @@ mod tests {
 
     #[tokio::test]
     async fn fails_quickly_on_a_closed_port() {
-        // Bind then drop to get a port that nothing listens on.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        drop(listener);
+        let address = unused_port();
         let result = probe_once(&ProbeSpec::Tcp { address }, TIMEOUT).await;
         assert!(!result.success);
         assert!(
