@@ -1,0 +1,1 @@
+//! Interface and neighbour lookups through rtnetlink.
