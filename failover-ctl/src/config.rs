@@ -33,6 +33,10 @@ pub const DEFAULT_MTU: u16 = 1500;
 pub const MIN_MTU: u16 = 1280;
 /// Largest `tunnel.mtu`: the usual jumbo-frame limit.
 pub const MAX_MTU: u16 = 9216;
+/// Default `flows.capacity`.
+pub const DEFAULT_FLOW_CAPACITY: u32 = 1 << 20;
+const MIN_FLOW_CAPACITY: u32 = 1024;
+const MAX_FLOW_CAPACITY: u32 = 1 << 24;
 /// Default `flows.udp_idle_timeout`.
 pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `flows.insert_burst` when `flows.insert_rate` is 0 (unlimited).
@@ -190,6 +194,9 @@ pub struct Flows {
     pub insert_rate: u32,
     /// `insert_burst`: token bucket depth; default `insert_rate`, or 1000 when that is 0.
     pub insert_burst: u32,
+    /// `capacity`: entries of the LRU flow table, fixed when the program is first loaded (an
+    /// adopted data plane keeps its size); 1024..=16777216, default 1048576.
+    pub capacity: u32,
 }
 
 /// Probe timing: `interval`, `timeout`, `rise`, `fall`, `jitter`.
@@ -598,6 +605,7 @@ struct RawFlows {
     udp_idle_timeout: Option<String>,
     insert_rate: Option<u32>,
     insert_burst: Option<u32>,
+    capacity: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -925,10 +933,18 @@ impl Validator {
         if insert_burst == 0 {
             self.problem("flows.insert_burst", "must be at least 1");
         }
+        let capacity = raw.capacity.unwrap_or(DEFAULT_FLOW_CAPACITY);
+        if !(MIN_FLOW_CAPACITY..=MAX_FLOW_CAPACITY).contains(&capacity) {
+            self.problem(
+                "flows.capacity",
+                format!("must be within {MIN_FLOW_CAPACITY}..={MAX_FLOW_CAPACITY}"),
+            );
+        }
         Flows {
             udp_idle_timeout,
             insert_rate,
             insert_burst,
+            capacity,
         }
     }
 
@@ -1473,7 +1489,8 @@ source_v6 = \"2001:db8::/64\"
             Flows {
                 udp_idle_timeout: Duration::from_secs(30),
                 insert_rate: 20_000,
-                insert_burst: 40_000
+                insert_burst: 40_000,
+                capacity: 65536
             }
         );
         let defaults = ProbeTiming {
@@ -1593,7 +1610,8 @@ source_v6 = \"2001:db8::/64\"
             Flows {
                 udp_idle_timeout: Duration::from_secs(30),
                 insert_rate: 0,
-                insert_burst: 1000
+                insert_burst: 1000,
+                capacity: DEFAULT_FLOW_CAPACITY
             }
         );
         let timing = ProbeTiming {

@@ -1,17 +1,48 @@
-//! failover-ctl command line: `check FILE` validates a configuration file.
+//! failover-ctl: the controller daemon (`run`), its control commands and the inspection CLI.
 
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
-use clap::{Parser, Subcommand};
-use failover_ctl::config;
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use failover_ctl::{
+    cli::inspect::{self, Target},
+    config::{self, Protocol},
+    daemon::{control, run, status::Request},
+    loader::{self, Decap},
+    paths::InstancePaths,
+};
 
 /// Control program of the failover XDP load balancer.
 #[derive(Parser)]
 #[command(version, about)]
 struct Arguments {
+    /// The instance to act on (its pinned maps and runtime files). Default: the `instance` of
+    /// `--config`, else "default".
+    #[arg(long, global = true)]
+    instance: Option<String>,
+    /// Configuration file naming the instance (for commands other than `run` and `check`).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Run in the named network namespace (/run/netns/NAME). Use this instead of
+    /// `ip netns exec`, which remounts /sys and so hides the pins in /sys/fs/bpf.
+    #[arg(long, global = true, value_name = "NAME")]
+    netns: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Subcommand)]
@@ -21,24 +52,239 @@ enum Command {
         /// The TOML configuration file.
         file: PathBuf,
     },
+    /// Run the controller: load or adopt the pinned data plane, attach it, probe the backends
+    /// and keep the maps equal to the configuration. Stops on SIGTERM / SIGINT, leaving the data
+    /// plane forwarding; SIGHUP reloads.
+    Run {
+        /// The TOML configuration file (or the global --config).
+        #[arg(long = "config-file", short = 'c')]
+        file: Option<PathBuf>,
+    },
+    /// Ask the running daemon to re-read its configuration and apply the difference.
+    Reload,
+    /// No new flows to BACKEND of VIP; tracked flows continue.
+    Drain { vip: String, backend: IpAddr },
+    /// Give BACKEND of VIP new flows again.
+    Undrain { vip: String, backend: IpAddr },
+    /// Take BACKEND of VIP out entirely without probing it (on), or put it back (off).
+    Maintenance { vip: String, backend: IpAddr, state: OnOff },
+    /// Instance, interfaces, VIPs and backends at a glance.
+    Status,
+    /// The VIPs with their counters.
+    Vips,
+    /// The backends: state, weight, tier, packets and bytes.
+    Backends {
+        /// Only this VIP.
+        vip: Option<String>,
+    },
+    /// The published Maglev table of VIP: slots per backend against the ideal share.
+    Table { vip: String },
+    /// Tracked flows.
+    Flows {
+        /// Only flows of this VIP (by name).
+        #[arg(long)]
+        vip: Option<String>,
+        /// Only flows to this backend address.
+        #[arg(long)]
+        backend: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Packet counters by reason, VIP and backend.
+    Stats {
+        /// Print again every SECONDS with rates.
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<f64>,
+        /// Stop after this many prints with --watch.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// The backend a flow goes to, found by running the loaded program on a crafted packet.
+    Which {
+        /// Client address and port, e.g. 198.51.100.7:40000.
+        source: SocketAddr,
+        /// VIP address and port, e.g. 203.0.113.10:443.
+        destination: SocketAddr,
+        /// tcp or udp.
+        protocol: String,
+    },
+    /// The event log (failovers with their timings, reloads, drains).
+    Events {
+        /// The most recent N.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Attach the decap program (for backends) to INTERFACE for the given VIPs, in the
+    /// foreground; SIGTERM / SIGINT detach it.
+    Decap {
+        #[arg(long)]
+        interface: String,
+        #[arg(long = "vip", required = true)]
+        vips: Vec<IpAddr>,
+        /// Generic (skb) mode instead of native.
+        #[arg(long)]
+        generic: bool,
+    },
+    /// Detach the program and remove the instance's pins and runtime files (the daemon must be
+    /// stopped).
+    Teardown,
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+}
+
+fn instance_paths(arguments: &Arguments) -> anyhow::Result<InstancePaths> {
+    if let Some(instance) = &arguments.instance {
+        return Ok(InstancePaths::new(instance));
+    }
+    if let Some(file) = &arguments.config {
+        let config = config::load(file)?;
+        return Ok(InstancePaths::new(&config.instance));
+    }
+    Ok(InstancePaths::new("default"))
+}
+
+fn send(paths: &InstancePaths, request: Request) -> anyhow::Result<()> {
+    let response = control::request(&paths.control_socket(), &request)?;
+    if response.ok {
+        println!("{}", response.message);
+        Ok(())
+    } else {
+        anyhow::bail!("{}", response.message)
+    }
+}
+
+fn decap(interface: &str, vips: &[IpAddr], generic: bool) -> anyhow::Result<()> {
+    let mut decap = Decap::load()?;
+    for vip in vips {
+        decap.add_vip(*vip)?;
+    }
+    let mode = if generic { aya::programs::XdpMode::Skb } else { aya::programs::XdpMode::Driver };
+    decap.attach(interface, mode).with_context(|| format!("attaching the decap program to {interface}"))?;
+    eprintln!("decap attached to {interface} for {} VIPs; SIGTERM or SIGINT detaches it", vips.len());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    drop(decap);
+    Ok(())
+}
+
+fn teardown(paths: &InstancePaths) -> anyhow::Result<()> {
+    if control::request(&paths.control_socket(), &Request::Status).is_ok() {
+        anyhow::bail!("instance {} is running: stop `failover-ctl run` first", paths.instance);
+    }
+    loader::teardown(paths)?;
+    match std::fs::remove_dir_all(&paths.run_dir) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error.into()),
+        _ => {}
+    }
+    println!("instance {}: detached and unpinned", paths.instance);
+    Ok(())
+}
+
+fn protocol(text: &str) -> anyhow::Result<Protocol> {
+    match text {
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        other => anyhow::bail!("protocol {other:?}: expected tcp or udp"),
+    }
+}
+
+fn config_file(arguments: &Arguments, file: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    file.clone()
+        .or_else(|| arguments.config.clone())
+        .context("`run` needs a configuration file: failover-ctl run --config FILE")
+}
+
+fn execute(arguments: &Arguments) -> anyhow::Result<()> {
+    let target = || -> anyhow::Result<Target> { Ok(Target { paths: instance_paths(arguments)?, json: arguments.json }) };
+    match &arguments.command {
+        Command::Check { file } => {
+            let config = config::load(file)?;
+            println!("{}: ok ({} VIPs, {} backends)", file.display(), config.vips.len(), config.backend_count());
+            Ok(())
+        }
+        Command::Run { file } => run::run(Path::new(&config_file(arguments, file)?)),
+        Command::Reload => send(&instance_paths(arguments)?, Request::Reload),
+        Command::Drain { vip, backend } => {
+            send(&instance_paths(arguments)?, Request::Drain { vip: vip.clone(), backend: backend.to_string() })
+        }
+        Command::Undrain { vip, backend } => {
+            send(&instance_paths(arguments)?, Request::Undrain { vip: vip.clone(), backend: backend.to_string() })
+        }
+        Command::Maintenance { vip, backend, state } => send(
+            &instance_paths(arguments)?,
+            Request::Maintenance { vip: vip.clone(), backend: backend.to_string(), on: matches!(state, OnOff::On) },
+        ),
+        Command::Status => inspect::status(&target()?),
+        Command::Vips => inspect::vips(&target()?),
+        Command::Backends { vip } => inspect::backends(&target()?, vip.as_deref()),
+        Command::Table { vip } => inspect::table(&target()?, vip),
+        Command::Flows { vip, backend, limit } => inspect::flows(&target()?, vip.as_deref(), backend.as_deref(), *limit),
+        Command::Stats { watch, count } => {
+            let watch = match watch {
+                Some(seconds) if !(seconds.is_finite() && *seconds >= 0.1 && *seconds <= 3600.0) => {
+                    anyhow::bail!("--watch {seconds}: expected 0.1 to 3600 seconds")
+                }
+                Some(seconds) => Some(Duration::from_secs_f64(*seconds)),
+                None => None,
+            };
+            inspect::stats(&target()?, watch, *count)
+        }
+        Command::Which { source, destination, protocol: name } => {
+            inspect::which(&target()?, *source, *destination, protocol(name)?)
+        }
+        Command::Events { limit } => inspect::events(&target()?, *limit),
+        Command::Decap { interface, vips, generic } => decap(interface, vips, *generic),
+        Command::Teardown => teardown(&instance_paths(arguments)?),
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Arguments::command(), "failover-ctl", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+/// Moves the (still single-threaded) process into the network namespace `name`, keeping the
+/// mount namespace, so /sys/fs/bpf stays the host's.
+fn enter_netns(name: &str) -> anyhow::Result<()> {
+    if name.contains('/') || name.is_empty() {
+        anyhow::bail!("--netns {name:?}: expected a name under /run/netns");
+    }
+    let path = Path::new("/run/netns").join(name);
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: setns on a namespace file descriptor we own; no other thread exists yet.
+    let result = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("entering network namespace {name}"));
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
-    match Arguments::parse().command {
-        Command::Check { file } => match config::load(&file) {
-            Ok(config) => {
-                println!(
-                    "{}: ok ({} VIPs, {} backends)",
-                    file.display(),
-                    config.vips.len(),
-                    config.backend_count()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("{error}");
-                ExitCode::FAILURE
-            }
-        },
+    let arguments = Arguments::parse();
+    if let Some(name) = &arguments.netns {
+        if let Err(error) = enter_netns(name) {
+            eprintln!("failover-ctl: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FAILOVER_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match execute(&arguments) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("failover-ctl: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -380,9 +380,20 @@ pub fn spawn(
     settings: ProbeSettings,
     sender: mpsc::Sender<ProbeEvent>,
 ) -> JoinHandle<()> {
+    spawn_from(id, spec, settings, Health::Down, sender)
+}
+
+/// Same as [`spawn`], with the verdict starting at `initial` instead of `Down`.
+pub fn spawn_from(
+    id: u32,
+    spec: ProbeSpec,
+    settings: ProbeSettings,
+    initial: Health,
+    sender: mpsc::Sender<ProbeEvent>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let prober = Prober::new(&spec, settings.timeout);
-        let mut verdict = Verdict::new(settings.thresholds);
+        let mut verdict = Verdict::starting(settings.thresholds, initial);
         let mut rng = StdRng::from_os_rng();
         loop {
             let result = tokio::select! {

@@ -89,6 +89,16 @@ impl Verdict {
         }
     }
 
+    /// A verdict starting at a known `health`: a restarted controller continues from the
+    /// health bits it finds in the maps instead of failing every backend over.
+    pub fn starting(thresholds: Thresholds, health: Health) -> Self {
+        Self {
+            thresholds,
+            health,
+            streak: 0,
+        }
+    }
+
     pub fn health(&self) -> Health {
         self.health
     }
