@@ -132,6 +132,9 @@ pub struct Start {
     pub shared: Arc<Mutex<Status>>,
     pub probe_sender: mpsc::Sender<ProbeEvent>,
     pub runtime: tokio::runtime::Handle,
+    /// The status an earlier daemon left, to keep operator decisions (drain, maintenance)
+    /// across a restart.
+    pub previous: Option<Status>,
 }
 
 fn error_chain(error: &anyhow::Error) -> String {
@@ -191,8 +194,19 @@ impl Controller {
     /// Builds the controller and applies `config` to the maps. With `adopted`, the ids and
     /// health found in the maps are kept, so a restart moves no flow.
     pub fn start(start: Start) -> anyhow::Result<Self> {
-        let Start { dataplane, config_path, config, links, adopted, events, state_path, shared, probe_sender, runtime } =
-            start;
+        let Start {
+            dataplane,
+            config_path,
+            config,
+            links,
+            adopted,
+            events,
+            state_path,
+            shared,
+            probe_sender,
+            runtime,
+            previous,
+        } = start;
         let mut backends = BTreeMap::new();
         let ids = if adopted {
             let found_vips = dataplane.writer.published_vips();
@@ -221,6 +235,21 @@ impl Controller {
                         },
                     );
                 }
+            }
+            // Operator decisions the earlier daemon recorded (the health bit alone cannot tell a
+            // drained backend that went down from one that is simply down).
+            for backend in previous.iter().flat_map(|status| &status.vips).flat_map(|vip| &vip.backends) {
+                let Some(state) = backends.get_mut(&backend.id) else { continue };
+                if state.address.to_string() != backend.address {
+                    continue;
+                }
+                let admin = match backend.admin.as_str() {
+                    "drained" => Admin::Drained,
+                    "maintenance" => Admin::Maintenance,
+                    _ => continue,
+                };
+                state.admin = admin;
+                state.admin_runtime = true;
             }
             Ids::from_maps(&found_vips, &found_backends)
         } else {

@@ -147,6 +147,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         Arc::new(Netlink::new()?)
     };
     let events = EventLog::open(&paths.events())?;
+    let previous = std::fs::read(paths.state()).ok().and_then(|bytes| serde_json::from_slice::<Status>(&bytes).ok());
     let shared = Arc::new(Mutex::new(Status::default()));
 
     runtime.block_on(async {
@@ -174,6 +175,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             shared: shared.clone(),
             probe_sender,
             runtime: tokio::runtime::Handle::current(),
+            previous: if adopted { previous } else { None },
         };
         let owner = std::thread::Builder::new().name("state-owner".into()).spawn(move || {
             let mut controller = match Controller::start(start) {
