@@ -2,10 +2,14 @@
 //! publication contract written down in `failover_common::maps` and keeps a mirror of what it
 //! published, so that every change is validated before the first map is touched.
 
-use std::{collections::{BTreeMap, BTreeSet}, os::fd::AsFd};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::fd::AsFd,
+    path::PathBuf,
+};
 
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
     Ebpf,
 };
 use failover_common::{
@@ -17,6 +21,7 @@ use thiserror::Error;
 
 use crate::{
     grace::GracePeriod,
+    paths::InstancePaths,
     table_pool::{PoolError, Region, TablePool},
 };
 
@@ -36,6 +41,10 @@ pub enum MapWriteError {
     Backend(u32, String),
     #[error("config: {0}")]
     Config(String),
+    #[error("pinned map {}: {source}", path.display())]
+    Pinned { path: PathBuf, #[source] source: MapError },
+    #[error("pinned maps are inconsistent, refusing to adopt them: {0}")]
+    Corrupt(String),
 }
 
 fn map_error(name: &'static str) -> impl FnOnce(MapError) -> MapWriteError {
@@ -56,6 +65,13 @@ struct PublishedVip {
     /// The previously active region and the grace epoch in which it was retired.
     standby: Option<(Region, u64)>,
     members: BTreeSet<u32>,
+}
+
+/// A backend entry as written, with its last written health.
+#[derive(Clone, Copy, Debug)]
+struct BackendEntry {
+    backend: Backend,
+    health: u32,
 }
 
 #[derive(Debug, Default)]
@@ -84,31 +100,81 @@ pub struct MapWriter {
     published: BTreeMap<VipKey, PublishedVip>,
     addresses: BTreeMap<(u8, [u32; 4]), AddressState>,
     filter_counts: BTreeMap<u32, u32>,
-    backend_entries: BTreeMap<u32, Backend>,
-    active_config: Option<u32>,
+    backend_entries: BTreeMap<u32, BackendEntry>,
+    /// The `CONFIG` slot `CONFIG_ACTIVE` names and what it holds.
+    active_config: Option<(u32, Config)>,
+    /// Regions no VIP entry names any more, with the grace epoch in which they were retired;
+    /// packets may still read them until a grace period has passed.
+    retired: Vec<(Region, u64)>,
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapWriteError> {
-    let map = ebpf.take_map(name).ok_or(MapWriteError::Missing(name))?;
-    T::try_from(map).map_err(map_error(name))
+/// Where map handles come from: a freshly loaded object (taken out of it) or an instance's
+/// pins on bpffs.
+pub(crate) enum MapSource<'a> {
+    Object(&'a mut Ebpf),
+    Pinned(&'a InstancePaths),
+}
+
+impl MapSource<'_> {
+    fn map(&mut self, name: &'static str) -> Result<Map, MapWriteError> {
+        match self {
+            Self::Object(ebpf) => ebpf.take_map(name).ok_or(MapWriteError::Missing(name)),
+            Self::Pinned(paths) => {
+                let path = paths.map(name);
+                let pinned = |source| MapWriteError::Pinned { path: path.clone(), source };
+                Map::from_map_data(MapData::from_pin(&path).map_err(pinned)?).map_err(pinned)
+            }
+        }
+    }
+
+    /// A typed handle; the conversion checks the map type and the key and value sizes.
+    pub(crate) fn typed<T: TryFrom<Map, Error = MapError>>(&mut self, name: &'static str) -> Result<T, MapWriteError> {
+        T::try_from(self.map(name)?).map_err(map_error(name))
+    }
+
+    /// The `TABLES` pool, mapped writable or for reading only.
+    pub(crate) fn pool(&mut self, writable: bool) -> Result<TablePool, MapWriteError> {
+        let Map::Array(tables) = self.map(names::TABLES)? else {
+            return Err(MapWriteError::Corrupt(format!("map {} is not an array", names::TABLES)));
+        };
+        let capacity = tables.info().map_err(map_error(names::TABLES))?.max_entries();
+        // The mapping holds its own reference to the map: `tables` may be dropped.
+        let fd = tables.fd().as_fd();
+        Ok(if writable { TablePool::map(&fd, capacity)? } else { TablePool::map_read_only(&fd, capacity)? })
+    }
 }
 
 impl MapWriter {
     /// Takes the writable maps out of a loaded load-balancer object.
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, MapWriteError> {
-        let tables = ebpf.take_map(names::TABLES).ok_or(MapWriteError::Missing(names::TABLES))?;
-        let aya::maps::Map::Array(tables) = tables else {
-            return Err(MapWriteError::Missing(names::TABLES));
-        };
-        let capacity = tables.info().map_err(map_error(names::TABLES))?.max_entries();
-        let pool = TablePool::map(&tables.fd().as_fd(), capacity)?;
+        Self::open(MapSource::Object(ebpf))
+    }
+
+    /// Opens the pinned maps of an instance written by an earlier process and rebuilds the
+    /// mirror from their contents: VIP entries give the active regions (the only allocated
+    /// ones), their members and the address ownership; `BACKENDS` entries with a family are in
+    /// use; `CONFIG_ACTIVE` names the config. Address entries and filter bits left behind by
+    /// an interrupted change are repaired; anything else inconsistent (a region outside the
+    /// pool, overlapping regions, a table naming a backend that does not exist) is an error.
+    ///
+    /// The dead writer's standby regions become free; one grace period is waited for before
+    /// returning, so no packet that read an older `VIPS` value still reads one of them.
+    pub fn adopt(paths: &InstancePaths) -> Result<Self, MapWriteError> {
+        let mut writer = Self::open(MapSource::Pinned(paths))?;
+        writer.rebuild()?;
+        writer.wait_grace()?;
+        Ok(writer)
+    }
+
+    fn open(mut source: MapSource<'_>) -> Result<Self, MapWriteError> {
+        let pool = source.pool(true)?;
         Ok(Self {
-            vips: take(ebpf, names::VIPS)?,
-            filter: take(ebpf, names::ADDRESS_FILTER)?,
-            backends: take(ebpf, names::BACKENDS)?,
-            health: take(ebpf, names::HEALTH)?,
-            config: take(ebpf, names::CONFIG)?,
-            config_active: take(ebpf, names::CONFIG_ACTIVE)?,
+            vips: source.typed(names::VIPS)?,
+            filter: source.typed(names::ADDRESS_FILTER)?,
+            backends: source.typed(names::BACKENDS)?,
+            health: source.typed(names::HEALTH)?,
+            config: source.typed(names::CONFIG)?,
+            config_active: source.typed(names::CONFIG_ACTIVE)?,
             pool,
             grace: GracePeriod::new().map_err(MapWriteError::Grace)?,
             grace_epoch: 0,
@@ -117,6 +183,7 @@ impl MapWriter {
             filter_counts: BTreeMap::new(),
             backend_entries: BTreeMap::new(),
             active_config: None,
+            retired: Vec::new(),
         })
     }
 
@@ -129,12 +196,12 @@ impl MapWriter {
             return Err(MapWriteError::Config("flow insert burst is smaller than one insert".into()));
         }
         let slot = match self.active_config {
-            Some(active) => 1 - active,
+            Some((active, _)) => 1 - active,
             None => 0,
         };
         self.config.set(slot, config, 0).map_err(map_error(names::CONFIG))?;
         self.config_active.set(0, slot, 0).map_err(map_error(names::CONFIG_ACTIVE))?;
-        self.active_config = Some(slot);
+        self.active_config = Some((slot, *config));
         Ok(())
     }
 
@@ -149,23 +216,25 @@ impl MapWriter {
         }
         check_health(id, health)?;
         if let Some(existing) = self.backend_entries.get(&id) {
-            if *existing != backend && self.referenced(id) {
+            if existing.backend != backend && self.referenced(id) {
                 return Err(MapWriteError::Backend(id, "is in a published table; cannot change its address or VIP".into()));
             }
         }
         self.backends.set(id, backend, 0).map_err(map_error(names::BACKENDS))?;
         self.health.set(id, health, 0).map_err(map_error(names::HEALTH))?;
-        self.backend_entries.insert(id, backend);
+        self.backend_entries.insert(id, BackendEntry { backend, health });
         Ok(())
     }
 
     /// The instant failover path: one map update.
     pub fn set_health(&mut self, id: u32, health: u32) -> Result<(), MapWriteError> {
         check_health(id, health)?;
-        if !self.backend_entries.contains_key(&id) {
+        let Some(entry) = self.backend_entries.get_mut(&id) else {
             return Err(MapWriteError::Backend(id, "unknown backend".into()));
-        }
-        self.health.set(id, health, 0).map_err(map_error(names::HEALTH))
+        };
+        self.health.set(id, health, 0).map_err(map_error(names::HEALTH))?;
+        entry.health = health;
+        Ok(())
     }
 
     /// Removes a backend that no published table names any more.
@@ -207,30 +276,40 @@ impl MapWriter {
         let members: BTreeSet<u32> = table.iter().copied().collect();
         for id in &members {
             match self.backend_entries.get(id) {
-                Some(backend) if backend.vip_id == settings.vip_id => {}
-                Some(backend) => {
-                    return Err(invalid(format!("backend {id} belongs to vip id {}, not {}", backend.vip_id, settings.vip_id)));
+                Some(entry) if entry.backend.vip_id == settings.vip_id => {}
+                Some(entry) => {
+                    return Err(invalid(format!(
+                        "backend {id} belongs to vip id {}, not {}",
+                        entry.backend.vip_id, settings.vip_id
+                    )));
                 }
                 None => return Err(invalid(format!("backend {id} was never written"))),
             }
         }
         let len = table.len() as u32;
-        // Pick the region to write: the retired standby if it fits (after a grace period if
-        // it was retired since the last one), else a fresh one.
+        // Pick the region to write: the retired standby if it has the right size and a grace
+        // period has passed since it was retired, else a fresh region. Only a full pool makes
+        // a publish wait for a grace period; otherwise retired regions are reclaimed later
+        // ([`MapWriter::reclaim`]), off the failover path.
         let previous = self.published.get(&key);
         let was_owned = previous.map(|vip| vip.meta.flags & VIP_OWNED != 0);
-        let reuse = match previous.and_then(|vip| vip.standby) {
-            Some((region, retired)) if region.len == len => {
-                if retired == self.grace_epoch {
-                    self.wait_grace()?;
-                }
-                Some(region)
-            }
-            _ => None,
-        };
+        let standby = previous.and_then(|vip| vip.standby).filter(|(region, _)| region.len == len);
+        let mut reuse = standby.filter(|(_, retired)| *retired < self.grace_epoch).map(|(region, _)| region);
         let target = match reuse {
             Some(region) => region,
-            None => self.pool.allocate(len)?,
+            None => match self.pool.allocate(len) {
+                Ok(region) => region,
+                Err(_) => {
+                    // Full: one grace period frees every retired region and the standby.
+                    self.wait_grace()?;
+                    self.release_retired();
+                    reuse = standby.map(|(region, _)| region);
+                    match reuse {
+                        Some(region) => region,
+                        None => self.pool.allocate(len)?,
+                    }
+                }
+            },
         };
         self.pool.write(target, table);
         let meta = VipMeta { vip_id: settings.vip_id, flags: settings.flags, table_offset: target.offset, table_size: len };
@@ -246,21 +325,16 @@ impl MapWriter {
         let epoch = self.grace_epoch;
         match self.published.remove(&key) {
             Some(mut vip) => {
-                let dropped_standby = match (vip.standby, reuse) {
-                    (Some((region, _)), None) => Some(region),
-                    _ => None,
-                };
+                if let Some((region, retired)) = vip.standby {
+                    if reuse != Some(region) {
+                        self.retired.push((region, retired));
+                    }
+                }
                 vip.standby = Some((vip.active, epoch));
                 vip.active = target;
                 vip.meta = meta;
                 vip.members = members;
                 self.published.insert(key, vip);
-                if let Some(region) = dropped_standby {
-                    // A standby of the wrong size: retired before this publish, but maybe not a
-                    // whole grace period ago.
-                    self.wait_grace()?;
-                    self.pool.release(region);
-                }
             }
             None => {
                 self.published.insert(key, PublishedVip { meta, active: target, standby: None, members });
@@ -328,6 +402,32 @@ impl MapWriter {
         Ok(())
     }
 
+    /// Frees the regions retired before the last grace period.
+    fn release_retired(&mut self) {
+        let epoch = self.grace_epoch;
+        let (free, keep): (Vec<_>, Vec<_>) = self.retired.drain(..).partition(|(_, retired)| *retired < epoch);
+        self.retired = keep;
+        for (region, _) in free {
+            self.pool.release(region);
+        }
+    }
+
+    /// Whether retired regions wait for [`MapWriter::reclaim`].
+    pub fn has_retired(&self) -> bool {
+        !self.retired.is_empty()
+    }
+
+    /// Waits one grace period and returns the regions retired before it to the pool. The
+    /// controller calls it when idle, so that publications do not wait.
+    pub fn reclaim(&mut self) -> Result<(), MapWriteError> {
+        if self.retired.is_empty() {
+            return Ok(());
+        }
+        self.wait_grace()?;
+        self.release_retired();
+        Ok(())
+    }
+
     fn wait_grace(&mut self) -> Result<(), MapWriteError> {
         self.grace.wait().map_err(MapWriteError::Grace)?;
         self.grace_epoch += 1;
@@ -347,6 +447,138 @@ impl MapWriter {
     /// Pool slots not allocated to any VIP.
     pub fn free_table_slots(&self) -> u32 {
         self.pool.free_slots()
+    }
+
+    /// Every published VIP (service entries only, not address entries).
+    pub fn published_vips(&self) -> Vec<(VipKey, VipMeta)> {
+        self.published.iter().map(|(key, vip)| (*key, vip.meta)).collect()
+    }
+
+    /// Every backend entry in use: (id, backend, last written health).
+    pub fn backend_entries(&self) -> Vec<(u32, Backend, u32)> {
+        self.backend_entries.iter().map(|(id, entry)| (*id, entry.backend, entry.health)).collect()
+    }
+
+    /// The active configuration, if one was ever published.
+    pub fn config(&self) -> Option<Config> {
+        self.active_config.map(|(_, config)| config)
+    }
+
+    /// Rebuilds the mirror of a fresh writer from the maps (see `adopt`).
+    fn rebuild(&mut self) -> Result<(), MapWriteError> {
+        let corrupt = MapWriteError::Corrupt;
+        for id in 0..self.backends.len() {
+            let backend = self.backends.get(&id, 0).map_err(map_error(names::BACKENDS))?;
+            if backend.family == 0 {
+                continue;
+            }
+            if backend.family != FAMILY_IPV4 && backend.family != FAMILY_IPV6 {
+                return Err(corrupt(format!("backend {id} has unknown address family {}", backend.family)));
+            }
+            let health = self.health.get(&id, 0).map_err(map_error(names::HEALTH))?;
+            if health > HEALTH_DRAINING {
+                return Err(corrupt(format!("backend {id} has unknown health state {health}")));
+            }
+            self.backend_entries.insert(id, BackendEntry { backend, health });
+        }
+
+        let entries: Vec<(VipKey, VipMeta)> =
+            self.vips.iter().collect::<Result<_, _>>().map_err(map_error(names::VIPS))?;
+        let mut address_entries = BTreeMap::new();
+        let mut regions = Vec::new();
+        for (key, meta) in entries {
+            let name = describe(&key);
+            if key.family != FAMILY_IPV4 && key.family != FAMILY_IPV6 {
+                return Err(corrupt(format!("VIP {name} has unknown address family {}", key.family)));
+            }
+            if key.protocol == PROTOCOL_ADDRESS {
+                if key.port != 0 {
+                    return Err(corrupt(format!("address entry {name} has a port")));
+                }
+                address_entries.insert((key.family, key.address), meta.flags);
+                continue;
+            }
+            if meta.vip_id >= MAX_VIPS {
+                return Err(corrupt(format!("VIP {name} has vip id {} beyond {MAX_VIPS}", meta.vip_id)));
+            }
+            if let Some((other, _)) = self.published.iter().find(|(_, vip)| vip.meta.vip_id == meta.vip_id) {
+                return Err(corrupt(format!("VIPs {} and {name} share vip id {}", describe(other), meta.vip_id)));
+            }
+            if meta.table_size == 0 {
+                return Err(corrupt(format!("VIP {name} has an empty table")));
+            }
+            let region = Region { offset: meta.table_offset, len: meta.table_size };
+            self.pool.check(region).map_err(|error| corrupt(format!("VIP {name}: {error}")))?;
+            let members: BTreeSet<u32> = self.pool.read(region).into_iter().collect();
+            regions.push(region);
+            let state = self.addresses.entry((key.family, key.address)).or_default();
+            state.services += 1;
+            state.owned += u32::from(meta.flags & VIP_OWNED != 0);
+            self.published.insert(key, PublishedVip { meta, active: region, standby: None, members });
+        }
+        self.pool.set_allocated(&regions).map_err(|error| {
+            let owner = |region: Region| {
+                self.published.iter().find(|(_, vip)| vip.active == region).map_or_else(|| "?".into(), |(key, _)| describe(key))
+            };
+            match error {
+                PoolError::Overlap { first, second } => {
+                    corrupt(format!("the tables of VIPs {} and {} overlap", owner(first), owner(second)))
+                }
+                other => corrupt(other.to_string()),
+            }
+        })?;
+        // Regions are sound; now what they hold.
+        for (key, vip) in &self.published {
+            for id in &vip.members {
+                match self.backend_entries.get(id) {
+                    Some(entry) if entry.backend.vip_id == vip.meta.vip_id => {}
+                    Some(entry) => {
+                        return Err(corrupt(format!(
+                            "VIP {} (vip id {}) names backend {id} of vip id {}",
+                            describe(key),
+                            vip.meta.vip_id,
+                            entry.backend.vip_id
+                        )));
+                    }
+                    None => {
+                        return Err(corrupt(format!("VIP {} names backend {id}, which does not exist", describe(key))));
+                    }
+                }
+            }
+        }
+
+        // Repair what an interrupted change left behind, in the order of the contract: address
+        // entries first, filter bits after them.
+        for ((family, address), state) in &self.addresses {
+            let flags = if state.owned > 0 { VIP_OWNED } else { 0 };
+            if address_entries.remove(&(*family, *address)) != Some(flags) {
+                let key = VipKey { address: *address, port: 0, protocol: PROTOCOL_ADDRESS, family: *family };
+                let meta = VipMeta { vip_id: 0, flags, table_offset: 0, table_size: 0 };
+                self.vips.insert(key, meta, 0).map_err(map_error(names::VIPS))?;
+            }
+        }
+        for (family, address) in address_entries.into_keys() {
+            let key = VipKey { address, port: 0, protocol: PROTOCOL_ADDRESS, family };
+            self.vips.remove(&key).map_err(map_error(names::VIPS))?;
+        }
+        for (_, address) in self.addresses.keys() {
+            *self.filter_counts.entry(hash::address_filter_index(address)).or_default() += 1;
+        }
+        for index in 0..self.filter.len() {
+            let wanted = u8::from(self.filter_counts.contains_key(&index));
+            if self.filter.get(&index, 0).map_err(map_error(names::ADDRESS_FILTER))? != wanted {
+                self.filter.set(index, wanted, 0).map_err(map_error(names::ADDRESS_FILTER))?;
+            }
+        }
+
+        let slot = self.config_active.get(&0, 0).map_err(map_error(names::CONFIG_ACTIVE))?;
+        if slot > 1 {
+            return Err(corrupt(format!("{} names config slot {slot}", names::CONFIG_ACTIVE)));
+        }
+        let config = self.config.get(&slot, 0).map_err(map_error(names::CONFIG))?;
+        // An all-zero config was never published (its MTU would have been refused).
+        self.active_config = (config != Config::default()).then_some((slot, config));
+        Ok(())
     }
 }
 
@@ -379,11 +611,20 @@ fn sum(map: &PerCpuArray<MapData, Counter>, index: u32, name: &'static str) -> R
 
 impl Counters {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, MapWriteError> {
+        Self::open(MapSource::Object(ebpf))
+    }
+
+    /// Handles on the pinned counters and flow table of an instance.
+    pub fn open_pinned(paths: &InstancePaths) -> Result<Self, MapWriteError> {
+        Self::open(MapSource::Pinned(paths))
+    }
+
+    fn open(mut source: MapSource<'_>) -> Result<Self, MapWriteError> {
         Ok(Self {
-            reasons: take(ebpf, names::REASON_STATS)?,
-            vips: take(ebpf, names::VIP_STATS)?,
-            backends: take(ebpf, names::BACKEND_STATS)?,
-            flows: take(ebpf, names::FLOWS)?,
+            reasons: source.typed(names::REASON_STATS)?,
+            vips: source.typed(names::VIP_STATS)?,
+            backends: source.typed(names::BACKEND_STATS)?,
+            flows: source.typed(names::FLOWS)?,
         })
     }
 

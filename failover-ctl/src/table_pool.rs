@@ -19,6 +19,10 @@ pub enum PoolError {
     Full { slots: u32, capacity: u32 },
     #[error("table pool: mmap of the TABLES map failed: {0}")]
     Map(#[source] io::Error),
+    #[error("table pool: region {offset}+{len} lies outside the pool of {capacity} slots")]
+    OutOfRange { offset: u32, len: u32, capacity: u32 },
+    #[error("table pool: regions {first:?} and {second:?} overlap")]
+    Overlap { first: Region, second: Region },
 }
 
 /// A run of slots in the pool.
@@ -34,6 +38,8 @@ pub struct TablePool {
     base: NonNull<u8>,
     mapped_len: usize,
     capacity: u32,
+    /// False for an inspection mapping (`PROT_READ`): `write` refuses to touch it.
+    writable: bool,
     /// Free runs, sorted by offset, never adjacent (merged on free).
     free: Vec<Region>,
 }
@@ -46,6 +52,19 @@ unsafe impl Sync for TablePool {}
 impl TablePool {
     /// Maps the `TABLES` array of `capacity` slots behind `fd`.
     pub fn map(fd: &impl AsRawFd, capacity: u32) -> Result<Self, PoolError> {
+        Self::map_with(fd, capacity, true)
+    }
+
+    /// Maps the pool for reading only (inspection of a pinned instance): nothing can be
+    /// allocated or written through it.
+    pub fn map_read_only(fd: &impl AsRawFd, capacity: u32) -> Result<Self, PoolError> {
+        let mut pool = Self::map_with(fd, capacity, false)?;
+        pool.free.clear();
+        Ok(pool)
+    }
+
+    fn map_with(fd: &impl AsRawFd, capacity: u32, writable: bool) -> Result<Self, PoolError> {
+        let protection = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let mapped_len = (capacity as usize * SLOT_STRIDE).div_ceil(page) * page;
@@ -55,7 +74,7 @@ impl TablePool {
             libc::mmap(
                 std::ptr::null_mut(),
                 mapped_len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                protection,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
                 0,
@@ -65,7 +84,45 @@ impl TablePool {
             return Err(PoolError::Map(io::Error::last_os_error()));
         }
         let base = NonNull::new(pointer.cast()).ok_or(PoolError::Map(io::Error::other("null mapping")))?;
-        Ok(Self { base, mapped_len, capacity, free: vec![Region { offset: 0, len: capacity }] })
+        Ok(Self { base, mapped_len, capacity, writable, free: vec![Region { offset: 0, len: capacity }] })
+    }
+
+    /// Checks that `region` lies inside the pool.
+    pub fn check(&self, region: Region) -> Result<(), PoolError> {
+        match region.offset.checked_add(region.len) {
+            Some(end) if end <= self.capacity => Ok(()),
+            _ => Err(PoolError::OutOfRange { offset: region.offset, len: region.len, capacity: self.capacity }),
+        }
+    }
+
+    /// Makes exactly `regions` allocated and everything else free (adoption of a pool written
+    /// by an earlier process). The regions must lie inside the pool and not overlap; on error
+    /// the allocator is left unchanged.
+    pub fn set_allocated(&mut self, regions: &[Region]) -> Result<(), PoolError> {
+        let mut sorted = regions.to_vec();
+        sorted.sort_by_key(|region| (region.offset, region.len));
+        let mut free = Vec::new();
+        let mut cursor = 0u32;
+        let mut previous: Option<Region> = None;
+        for region in sorted {
+            self.check(region)?;
+            if let Some(before) = previous {
+                // `check` bounds both ends by the capacity, so these sums do not overflow.
+                if before.offset + before.len > region.offset {
+                    return Err(PoolError::Overlap { first: before, second: region });
+                }
+            }
+            if region.offset > cursor {
+                free.push(Region { offset: cursor, len: region.offset - cursor });
+            }
+            cursor = cursor.max(region.offset + region.len);
+            previous = Some(region);
+        }
+        if cursor < self.capacity {
+            free.push(Region { offset: cursor, len: self.capacity - cursor });
+        }
+        self.free = free;
+        Ok(())
     }
 
     pub fn capacity(&self) -> u32 {
@@ -117,6 +174,7 @@ impl TablePool {
 
     /// Writes `table` into `region` (which no packet may be reading).
     pub fn write(&mut self, region: Region, table: &[u32]) {
+        assert!(self.writable, "write through a read-only pool mapping");
         assert_eq!(region.len as usize, table.len(), "table length must match its region");
         for (i, backend) in table.iter().enumerate() {
             // SAFETY: inside the mapping (region was allocated from this pool); volatile so the
@@ -128,8 +186,11 @@ impl TablePool {
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Reads a region back (inspection, tests).
+    /// Reads a region back (inspection, tests). A region outside the pool reads as empty.
     pub fn read(&self, region: Region) -> Vec<u32> {
+        if self.check(region).is_err() {
+            return Vec::new();
+        }
         (0..region.len)
             // SAFETY: inside the mapping; volatile because the kernel side may be written too.
             .map(|i| unsafe { self.slot(region.offset + i).read_volatile() })
@@ -156,7 +217,13 @@ mod tests {
             libc::mmap(std::ptr::null_mut(), mapped_len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
         };
         assert_ne!(pointer, libc::MAP_FAILED);
-        TablePool { base: NonNull::new(pointer.cast()).unwrap(), mapped_len, capacity, free: vec![Region { offset: 0, len: capacity }] }
+        TablePool {
+            base: NonNull::new(pointer.cast()).unwrap(),
+            mapped_len,
+            capacity,
+            writable: true,
+            free: vec![Region { offset: 0, len: capacity }],
+        }
     }
 
     #[test]
@@ -173,6 +240,32 @@ mod tests {
         pool.release(b);
         assert_eq!(pool.free, vec![Region { offset: 0, len: 100 }]);
         assert_eq!(pool.free_slots(), 100);
+    }
+
+    #[test]
+    fn set_allocated_frees_exactly_the_gaps() {
+        let mut pool = pool(100);
+        let regions = [Region { offset: 50, len: 10 }, Region { offset: 0, len: 20 }, Region { offset: 60, len: 5 }];
+        pool.set_allocated(&regions).unwrap();
+        assert_eq!(pool.free, vec![Region { offset: 20, len: 30 }, Region { offset: 65, len: 35 }]);
+        assert_eq!(pool.free_slots(), 65);
+        // The next allocations never touch an adopted region.
+        assert_eq!(pool.allocate(30).unwrap(), Region { offset: 20, len: 30 });
+        assert_eq!(pool.allocate(35).unwrap(), Region { offset: 65, len: 35 });
+        assert!(matches!(pool.allocate(1), Err(PoolError::Full { .. })));
+    }
+
+    #[test]
+    fn set_allocated_refuses_bad_regions() {
+        let mut pool = pool(100);
+        let overlap = [Region { offset: 0, len: 20 }, Region { offset: 19, len: 5 }];
+        assert!(matches!(pool.set_allocated(&overlap), Err(PoolError::Overlap { .. })));
+        let outside = [Region { offset: 90, len: 20 }];
+        assert!(matches!(pool.set_allocated(&outside), Err(PoolError::OutOfRange { .. })));
+        let overflow = [Region { offset: u32::MAX, len: 2 }];
+        assert!(matches!(pool.set_allocated(&overflow), Err(PoolError::OutOfRange { .. })));
+        // Unchanged after the refusals.
+        assert_eq!(pool.free, vec![Region { offset: 0, len: 100 }]);
     }
 
     #[test]

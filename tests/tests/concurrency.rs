@@ -42,8 +42,8 @@ fn republishing_never_exposes_a_foreign_backend() {
     let started = AtomicUsize::new(0);
     let finished = AtomicUsize::new(1);
     let stop = AtomicBool::new(false);
-    let Dataplane { ebpf, writer, .. } = &mut harness.dataplane;
-    let program: &aya::programs::Xdp = ebpf.program(failover_ctl::loader::PROGRAM).unwrap().try_into().unwrap();
+    let Dataplane { loaded, writer, .. } = &mut harness.dataplane;
+    let program: &aya::programs::Xdp = loaded.xdp().unwrap();
     let deadline = Instant::now() + TIME_LIMIT;
 
     let (packets, seen) = std::thread::scope(|scope| {

@@ -341,6 +341,10 @@ impl Controller {
                 let _ = reply.send(response);
             }
             Message::Tick => {
+                // Retired table regions go back to the pool here, off the failover path.
+                if let Err(error) = self.dataplane.writer.reclaim() {
+                    tracing::warn!("reclaiming table regions failed: {error}");
+                }
                 if self.dirty {
                     self.publish_status();
                 }
@@ -380,9 +384,25 @@ impl Controller {
         });
         self.dirty = true;
         let Some(transition) = event.transition else { return };
-        let up = transition.to == Health::Up;
+        let probe_at = event.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.apply_verdict(id, transition.to == Health::Up, probe_at, &event.result.detail, received);
+    }
+
+    /// Applies a verdict change of backend `id` in two stages (health bit, then the VIP's
+    /// table) and records the failover event. `received`: when the verdict reached the state
+    /// owner, the start of the measured latencies. Returns the timings, `None` when nothing
+    /// changed.
+    pub fn apply_verdict(
+        &mut self,
+        id: u32,
+        up: bool,
+        probe_at: u64,
+        why: &str,
+        received: Instant,
+    ) -> Option<FailoverTimings> {
+        let backend = self.backends.get_mut(&id)?;
         if backend.up == up {
-            return;
+            return None;
         }
         backend.up = up;
         let vip_name = backend.vip.clone();
@@ -395,9 +415,8 @@ impl Controller {
         let stage_two = self.republish(&vip_name);
         let published = received.elapsed();
         let mut detail = format!(
-            "{vip_name}: backend {address} is {} ({}): health bit in {} us, table in {} us",
+            "{vip_name}: backend {address} is {} ({why}): health bit in {} us, table in {} us",
             if up { "up" } else { "down" },
-            event.result.detail,
             health_written.as_micros(),
             published.as_micros()
         );
@@ -408,20 +427,27 @@ impl Controller {
             detail.push_str(&format!("; publishing the table failed: {error:#}"));
         }
         self.count_failover(published);
+        let timings = FailoverTimings {
+            probe_at,
+            to: if up { "up" } else { "down" }.into(),
+            health_written_us: health_written.as_micros() as u64,
+            table_published_us: published.as_micros() as u64,
+        };
         self.record(Event {
             kind: "failover".into(),
             vip: Some(vip_name),
             backend: Some(address.to_string()),
             detail,
-            timings: Some(FailoverTimings {
-                probe_at: event.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-                to: if up { "up" } else { "down" }.into(),
-                health_written_us: health_written.as_micros() as u64,
-                table_published_us: published.as_micros() as u64,
-            }),
+            timings: Some(timings.clone()),
             ..Event::default()
         });
         self.publish_status();
+        Some(timings)
+    }
+
+    /// The backend ids of the VIP named `vip`, in file order.
+    pub fn backend_ids(&self, vip: &str) -> Vec<u32> {
+        self.vips.iter().find(|state| state.config.name == vip).map(|state| state.members.clone()).unwrap_or_default()
     }
 
     fn count_failover(&mut self, latency: Duration) {
@@ -648,7 +674,11 @@ impl Controller {
             .filter(|vip| self.vips.iter().find(|old| old.key == vip.key).is_none_or(|old| old.table != vip.table))
             .map(|vip| u64::from(vip.config.table_size))
             .sum();
-        let free = u64::from(self.dataplane.writer.free_table_slots());
+        let mut free = u64::from(self.dataplane.writer.free_table_slots());
+        if needed > free && self.dataplane.writer.has_retired() {
+            self.dataplane.writer.reclaim()?;
+            free = u64::from(self.dataplane.writer.free_table_slots());
+        }
         if needed > free {
             anyhow::bail!("the tables need {needed} free pool slots but only {free} are free");
         }
