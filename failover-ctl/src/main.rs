@@ -101,6 +101,14 @@ enum Command {
         count: Option<u64>,
     },
     /// The backend a flow goes to, found by running the loaded program on a crafted packet.
+    ///
+    /// The packet is the flow's first: a TCP SYN or a UDP datagram. A tracked flow goes where
+    /// its flow-table entry says (if that backend can still take it); the output also shows
+    /// where a new flow with this 5-tuple goes (its table slot and the next up backend).
+    ///
+    /// Side effects: the run counts one packet in the VIP, backend and reason counters. A flow
+    /// entry the run creates is deleted again, so that a new flow still takes the table; a
+    /// tracked flow's entry is treated as one more packet of that flow would treat it.
     Which {
         /// Client address and port, e.g. 198.51.100.7:40000.
         source: SocketAddr,
