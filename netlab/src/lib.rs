@@ -13,6 +13,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+pub mod http;
+
 /// Every namespace this crate makes starts with this, followed by `<tag>-<pid>-<n>`.
 pub const PREFIX: &str = "fo";
 
@@ -120,6 +122,45 @@ impl Namespace {
         let output = self.exec(&["cat", &format!("/sys/class/net/{interface}/address")])?;
         parse_mac(String::from_utf8_lossy(&output.stdout).trim())
     }
+}
+
+impl Namespace {
+    /// Creates a namespace named exactly `name`, deleted when dropped, for callers that name
+    /// their namespaces and clean up after crashed runs themselves (the lab, whose namespaces
+    /// may outlive it with `--keep`, so [`cleanup_stale`] must not match them).
+    pub fn create_named(name: &str) -> Result<Self> {
+        run(Command::new("ip").args(["netns", "add", name]))?;
+        let namespace = Self { name: name.to_owned() };
+        namespace.ip("link set lo up")?;
+        Ok(namespace)
+    }
+
+    /// Gives up the guard without deleting the namespace; returns its name.
+    pub fn keep(self) -> String {
+        let name = self.name.clone();
+        std::mem::forget(self);
+        name
+    }
+}
+
+/// The names of all network namespaces (`ip netns list`).
+pub fn list_namespaces() -> Result<Vec<String>> {
+    let list = run(Command::new("ip").args(["netns", "list"]))?;
+    Ok(String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+        .collect())
+}
+
+/// The processes running in namespace `name` (`ip netns pids`).
+pub fn namespace_pids(name: &str) -> Result<Vec<i32>> {
+    let list = run(Command::new("ip").args(["netns", "pids", name]))?;
+    Ok(String::from_utf8_lossy(&list.stdout).split_whitespace().filter_map(|pid| pid.parse().ok()).collect())
+}
+
+/// Deletes namespace `name` (one not held by a [`Namespace`] guard).
+pub fn delete_namespace(name: &str) -> Result<()> {
+    run(Command::new("ip").args(["netns", "delete", name])).map(drop)
 }
 
 impl Drop for Namespace {

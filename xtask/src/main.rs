@@ -1,9 +1,10 @@
-//! Developer tasks for failover, run as `cargo xtask <task>`: build the eBPF objects, run the tests, run the benchmarks.
+//! Developer tasks for failover, run as `cargo xtask <task>`: build the eBPF objects, run the tests, run the benchmarks, run the live lab.
 
 mod bench;
 mod build_ebpf;
 mod command;
 mod ebpf;
+mod lab;
 mod test;
 
 use std::process::ExitCode;
@@ -27,6 +28,9 @@ enum Task {
     Test(test::Arguments),
     /// Run the benchmarks.
     Bench(bench::Arguments),
+    /// The live demo: the load balancer on real packets in private namespaces, with faults
+    /// injected in turn (needs root).
+    Lab(lab::Arguments),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +38,7 @@ fn main() -> ExitCode {
         Task::BuildEbpf(arguments) => build_ebpf::run(arguments),
         Task::Test(arguments) => test::run(arguments),
         Task::Bench(arguments) => bench::run(arguments),
+        Task::Lab(arguments) => lab::run(arguments),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

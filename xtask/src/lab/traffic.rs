@@ -1,0 +1,274 @@
+//! The lab's traffic, from the client namespace to the VIP: short requests (a new connection
+//! each, at a capped rate) that show each backend's share and the success rate, and long-lived
+//! keep-alive connections that show whether established flows survive a fault.
+//!
+//! Every loop ends on the stop flag or at a deadline, and every socket has timeouts.
+
+use std::{
+    net::SocketAddr,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use netlab::http::Client;
+
+use super::topology::{backend_name, BACKENDS, PORT, VIP};
+
+/// Connect, read and write timeout of every request.
+const TIMEOUT: Duration = Duration::from_millis(1000);
+/// A long-lived connection sends a request this often.
+const LONG_PERIOD: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Threads issuing short requests.
+    pub workers: usize,
+    /// Short requests per second, over all workers.
+    pub rate: u32,
+    /// Long-lived keep-alive connections.
+    pub connections: usize,
+    /// The traffic stops by itself after this long, whatever happens.
+    pub limit: Duration,
+}
+
+/// Counters shared by the traffic threads and the reporter.
+#[derive(Default)]
+pub struct Stats {
+    /// Short requests answered, per backend.
+    answered: [AtomicU64; BACKENDS],
+    /// Short requests that failed (connect, reset, timeout, bad answer).
+    failed: AtomicU64,
+    /// Requests on long-lived connections answered.
+    long_answered: AtomicU64,
+    /// Established long-lived connections broken (error, reset, or answered by another backend).
+    broken: AtomicU64,
+    /// Long-lived connections that could not be established.
+    long_connect_failed: AtomicU64,
+    /// Long-lived connections established now.
+    established: AtomicU64,
+    /// Long-lived connections established now, per backend.
+    established_on: [AtomicU64; BACKENDS],
+}
+
+/// A copy of the counters at one moment; differences of two give a window.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Snapshot {
+    pub answered: [u64; BACKENDS],
+    pub failed: u64,
+    pub long_answered: u64,
+    pub broken: u64,
+    pub long_connect_failed: u64,
+    pub established: u64,
+    pub established_on: [u64; BACKENDS],
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> Snapshot {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Snapshot {
+            answered: std::array::from_fn(|index| load(&self.answered[index])),
+            failed: load(&self.failed),
+            long_answered: load(&self.long_answered),
+            broken: load(&self.broken),
+            long_connect_failed: load(&self.long_connect_failed),
+            established: load(&self.established),
+            established_on: std::array::from_fn(|index| load(&self.established_on[index])),
+        }
+    }
+}
+
+impl Snapshot {
+    /// Counters from `earlier` to `self` (the gauges stay as in `self`).
+    pub fn since(&self, earlier: &Snapshot) -> Snapshot {
+        Snapshot {
+            answered: std::array::from_fn(|index| self.answered[index] - earlier.answered[index]),
+            failed: self.failed - earlier.failed,
+            long_answered: self.long_answered - earlier.long_answered,
+            broken: self.broken - earlier.broken,
+            long_connect_failed: self.long_connect_failed - earlier.long_connect_failed,
+            ..*self
+        }
+    }
+
+    pub fn ok(&self) -> u64 {
+        self.answered.iter().sum()
+    }
+
+    /// One table row: each backend's share of the answered short requests, the success rate,
+    /// and the long-lived connections.
+    pub fn line(&self, label: &str, connections: usize) -> String {
+        let ok = self.ok();
+        let total = ok + self.failed;
+        let mut line = format!("{label:>7}");
+        for (index, answered) in self.answered.iter().enumerate() {
+            let share = if ok == 0 {
+                0.0
+            } else {
+                100.0 * *answered as f64 / ok as f64
+            };
+            line.push_str(&format!("  {} {share:5.1}%", backend_name(index)));
+        }
+        let rate = if total == 0 {
+            0.0
+        } else {
+            100.0 * ok as f64 / total as f64
+        };
+        let per_backend: Vec<String> = self.established_on.iter().map(u64::to_string).collect();
+        line.push_str(&format!(
+            " | ok {rate:5.1}% ({ok}/{total}) | long {}/{connections} up ({}), {} broken",
+            self.established,
+            per_backend.join("/"),
+            self.broken
+        ));
+        line
+    }
+}
+
+/// Which backend answered: the body is `<name>\n`.
+fn backend_of(body: &[u8]) -> Option<usize> {
+    let name = std::str::from_utf8(body).ok()?.trim();
+    (0..BACKENDS).find(|&index| backend_name(index) == name)
+}
+
+fn vip() -> SocketAddr {
+    SocketAddr::from((VIP, PORT))
+}
+
+/// Runs until `stop` or `settings.limit`: the short-request workers and the long-lived
+/// connections, each on its own thread inside the client namespace.
+pub fn run(
+    client: &netlab::Namespace,
+    settings: Settings,
+    stats: &Stats,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + settings.limit;
+    let period = Duration::from_secs_f64(settings.workers as f64 / f64::from(settings.rate.max(1)));
+    std::thread::scope(|scope| {
+        let mut threads = Vec::new();
+        for worker in 0..settings.workers {
+            // Spread the workers' first requests over one period.
+            let offset = period.mul_f64(worker as f64 / settings.workers as f64);
+            threads.push(scope.spawn(move || {
+                client.enter(|| short_requests(stats, stop, deadline, period, offset))
+            }));
+        }
+        for _ in 0..settings.connections {
+            threads.push(scope.spawn(|| client.enter(|| long_connection(stats, stop, deadline))));
+        }
+        for thread in threads {
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("a traffic thread panicked"))??;
+        }
+        Ok(())
+    })
+}
+
+fn running(stop: &AtomicBool, deadline: Instant) -> bool {
+    !stop.load(Ordering::Relaxed) && Instant::now() < deadline
+}
+
+/// Sleeps until `until`, waking every 50 ms to check `stop`.
+fn sleep_until(until: Instant, stop: &AtomicBool, deadline: Instant) {
+    while running(stop, deadline) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+/// One request per `period`, each on a new connection.
+fn short_requests(
+    stats: &Stats,
+    stop: &AtomicBool,
+    deadline: Instant,
+    period: Duration,
+    offset: Duration,
+) {
+    let mut next = Instant::now() + offset;
+    while running(stop, deadline) {
+        sleep_until(next, stop, deadline);
+        next += period;
+        // After a stall (timeouts), do not burst to catch up.
+        next = next.max(Instant::now());
+        let answer = Client::connect(vip(), TIMEOUT).and_then(|mut client| client.get("/", false));
+        match answer
+            .ok()
+            .filter(|response| response.status == 200)
+            .and_then(|response| backend_of(&response.body))
+        {
+            Some(index) => stats.answered[index].fetch_add(1, Ordering::Relaxed),
+            None => stats.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// One keep-alive connection asking every 100 ms; a broken one is counted and replaced.
+fn long_connection(stats: &Stats, stop: &AtomicBool, deadline: Instant) {
+    while running(stop, deadline) {
+        let mut next = Instant::now();
+        let connected = Client::connect(vip(), TIMEOUT).and_then(|mut client| {
+            let first = client.get("/", true)?;
+            Ok((client, first))
+        });
+        let (mut client, first) = match connected {
+            Ok(connected) => connected,
+            Err(_) => {
+                stats.long_connect_failed.fetch_add(1, Ordering::Relaxed);
+                sleep_until(next + LONG_PERIOD, stop, deadline);
+                continue;
+            }
+        };
+        let Some(backend) = backend_of(&first.body) else {
+            stats.long_connect_failed.fetch_add(1, Ordering::Relaxed);
+            sleep_until(next + LONG_PERIOD, stop, deadline);
+            continue;
+        };
+        stats.long_answered.fetch_add(1, Ordering::Relaxed);
+        stats.established.fetch_add(1, Ordering::Relaxed);
+        stats.established_on[backend].fetch_add(1, Ordering::Relaxed);
+        while running(stop, deadline) {
+            next += LONG_PERIOD;
+            sleep_until(next, stop, deadline);
+            if !running(stop, deadline) {
+                break;
+            }
+            let same = client
+                .get("/", true)
+                .ok()
+                .and_then(|response| backend_of(&response.body))
+                == Some(backend);
+            if !same {
+                stats.broken.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            stats.long_answered.fetch_add(1, Ordering::Relaxed);
+        }
+        stats.established.fetch_sub(1, Ordering::Relaxed);
+        stats.established_on[backend].fetch_sub(1, Ordering::Relaxed);
+        sleep_until(Instant::now() + LONG_PERIOD, stop, deadline);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_backends_and_rows() {
+        assert_eq!(backend_of(b"backend2\n"), Some(1));
+        assert_eq!(backend_of(b"nobody\n"), None);
+        let snapshot = Snapshot {
+            answered: [1, 1, 2],
+            failed: 0,
+            established: 3,
+            ..Snapshot::default()
+        };
+        let line = snapshot.line("1s", 3);
+        assert!(line.contains("backend3  50.0%"), "{line}");
+        assert!(line.contains("ok 100.0% (4/4)"), "{line}");
+    }
+}
