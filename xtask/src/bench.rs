@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: times the load balancer's paths against a `return XDP_TX` floor and prints a table (or JSON lines) with the method behind every number.
+//! `cargo xtask bench`: times the load balancer's paths against a `return XDP_TX` floor, and two control-plane costs (Maglev build time, CPU of 1000 probes), and prints tables (or JSON lines) with the method behind every number.
 //!
 //! The harness loads the data plane, so it depends on failover-ctl, whose build script needs
 //! the eBPF toolchain; plain `cargo xtask` must build without it. So the harness sits behind
@@ -8,6 +8,8 @@
 
 use anyhow::Result;
 
+#[cfg(feature = "bench")]
+mod control;
 #[cfg(feature = "bench")]
 mod harness;
 #[cfg(feature = "bench")]
@@ -26,11 +28,41 @@ pub struct Arguments {
     /// Print the results as JSON, one object per line (the notes go to standard error).
     #[arg(long)]
     pub json: bool,
+    /// Run only these groups (comma-separated or repeated); all of them by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Group>,
+}
+
+/// The benchmark's groups of scenarios, for `--only`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Group {
+    /// The XDP program's paths against the floor (needs root).
+    Dataplane,
+    /// Maglev table build time at 10, 100 and 1000 backends.
+    Maglev,
+    /// CPU used by 1000 TCP probes at a 100 ms interval.
+    Probes,
+}
+
+impl Group {
+    #[cfg(feature = "bench")]
+    const ALL: [Group; 3] = [Group::Dataplane, Group::Maglev, Group::Probes];
+
+    /// As `--only` spells it, for the run with the feature on.
+    #[cfg(not(feature = "bench"))]
+    fn name(self) -> &'static str {
+        match self {
+            Group::Dataplane => "dataplane",
+            Group::Maglev => "maglev",
+            Group::Probes => "probes",
+        }
+    }
 }
 
 #[cfg(feature = "bench")]
 pub fn run(arguments: Arguments) -> Result<()> {
-    harness::run(arguments.json)
+    let groups = if arguments.only.is_empty() { Group::ALL.to_vec() } else { arguments.only };
+    harness::run(arguments.json, &groups)
 }
 
 #[cfg(not(feature = "bench"))]
@@ -40,6 +72,10 @@ pub fn run(arguments: Arguments) -> Result<()> {
     command.args(["run", "--release", "--package", "xtask", "--features", "bench", "--", "bench"]);
     if arguments.json {
         command.arg("--json");
+    }
+    if !arguments.only.is_empty() {
+        let names: Vec<&str> = arguments.only.iter().map(|group| group.name()).collect();
+        command.args(["--only", &names.join(",")]);
     }
     crate::command::run(&mut command)
 }

@@ -9,11 +9,13 @@ use anyhow::{ensure, Context as _, Result};
 use failover_common::stats;
 
 use super::{
+    control,
     lab::Lab,
     measure::{self, Method, Program, Sample, Variation},
     raw::{self, XDP_PASS, XDP_TX},
     report::{self, Row},
     setup::{self, Kind, LoadBalancer, CLIENT4, CLIENT6, OTHER4, OTHER6, VIP4, VIP6},
+    Group,
 };
 
 /// Measured rounds; the scenarios take turns within a round, so slow drift (another process,
@@ -58,10 +60,47 @@ struct Series {
     samples: Vec<Sample>,
 }
 
-pub fn run(json: bool) -> Result<()> {
+pub fn run(json: bool, groups: &[Group]) -> Result<()> {
+    let cpu = std::thread::available_parallelism().map_or(0, |count| count.get() - 1);
+    let (rows, mut notes) = if groups.contains(&Group::Dataplane) { dataplane(cpu)? } else { (Vec::new(), Vec::new()) };
+    // After the data plane, whose lab is gone by then, so its numbers are taken as before.
+    let mut control_rows = Vec::new();
+    if groups.contains(&Group::Maglev) {
+        let (rows, note) = control::maglev_build(cpu)?;
+        control_rows.extend(rows);
+        notes.push(note);
+    }
+    if groups.contains(&Group::Probes) {
+        let (rows, note) = control::probe_cpu()?;
+        control_rows.extend(rows);
+        notes.push(note);
+    }
+    if json {
+        report::print_json(&rows);
+        report::print_control_json(&control_rows);
+        for line in notes {
+            eprintln!("{line}");
+        }
+    } else {
+        if !rows.is_empty() {
+            report::print_table(&rows);
+            println!();
+        }
+        if !control_rows.is_empty() {
+            report::print_control_table(&control_rows);
+            println!();
+        }
+        for line in notes {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+/// The data-plane scenarios: rows and notes.
+fn dataplane(cpu: usize) -> Result<(Vec<Row>, Vec<String>)> {
     // SAFETY: geteuid has no preconditions.
     ensure!(unsafe { libc::geteuid() } == 0, "the benchmark loads XDP programs and creates namespaces: run it as root");
-    let cpu = std::thread::available_parallelism().map_or(0, |count| count.get() - 1);
     let floor = raw::load_floor()?;
     let (mut lab, live_error) = match Lab::new() {
         Ok(lab) => (Some(lab), None),
@@ -161,19 +200,7 @@ pub fn run(json: bool) -> Result<()> {
 
     let rows = rows(&scenarios, &series, live_method)?;
     let notes = notes(live_method, live_error.as_ref(), cpu, &inserted);
-    if json {
-        report::print_json(&rows);
-        for line in notes {
-            eprintln!("{line}");
-        }
-    } else {
-        report::print_table(&rows);
-        println!();
-        for line in notes {
-            println!("{line}");
-        }
-    }
-    Ok(())
+    Ok((rows, notes))
 }
 
 /// What the new-flow runs of one scenario inserted, over the measured rounds.
@@ -208,7 +235,7 @@ fn check_new_flows(balancer: &mut LoadBalancer, packets: u32, round: usize, what
     Ok(())
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(super) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let middle = values.len() / 2;
     if values.len() % 2 == 1 { values[middle] } else { (values[middle - 1] + values[middle]) / 2.0 }

@@ -51,21 +51,7 @@ pub fn print_table(rows: &[Row]) {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for line in &cells {
-        for (width, cell) in widths.iter_mut().zip(line) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    let print = |line: &[String]| {
-        let text: Vec<String> = line.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
-        println!("{}", text.join("  ").trim_end());
-    };
-    print(&header.map(str::to_string));
-    print(&widths.map(|width| "-".repeat(width)));
-    for line in &cells {
-        print(line);
-    }
+    print_grid(header, &cells);
 }
 
 pub fn print_json(rows: &[Row]) {
@@ -84,5 +70,91 @@ pub fn print_json(rows: &[Row]) {
             "verdict": row.verdict.map(|met| if met { "pass" } else { "miss" }),
         });
         println!("{object}");
+    }
+}
+
+/// A control-plane result (a Maglev build, the probes' CPU): not per packet, so it has a
+/// table of its own, with the unit stated in every row.
+pub struct ControlRow {
+    pub scenario: String,
+    pub method: String,
+    /// The reported number: the median over `runs` where there are several.
+    pub value: f64,
+    pub unit: &'static str,
+    pub min: f64,
+    pub max: f64,
+    pub runs: usize,
+    pub target: Option<String>,
+    /// `Some(true)` when the target is met.
+    pub verdict: Option<bool>,
+    /// What else the run saw (rates, counts) that the number depends on.
+    pub detail: String,
+}
+
+impl ControlRow {
+    fn verdict_word(&self) -> &'static str {
+        match self.verdict {
+            Some(true) => "pass",
+            Some(false) => "MISS",
+            None => "-",
+        }
+    }
+}
+
+pub fn print_control_table(rows: &[ControlRow]) {
+    let header = ["scenario", "method", "value", "unit", "target", "verdict", "min..max", "runs", "detail"];
+    let cells: Vec<[String; 9]> = rows
+        .iter()
+        .map(|row| {
+            [
+                row.scenario.clone(),
+                row.method.clone(),
+                format!("{:.1}", row.value),
+                row.unit.to_string(),
+                row.target.clone().unwrap_or_else(|| "-".to_string()),
+                row.verdict_word().to_string(),
+                format!("{:.1}..{:.1}", row.min, row.max),
+                row.runs.to_string(),
+                row.detail.clone(),
+            ]
+        })
+        .collect();
+    print_grid(header, &cells);
+}
+
+pub fn print_control_json(rows: &[ControlRow]) {
+    for row in rows {
+        let object = json!({
+            "scenario": row.scenario,
+            "method": row.method,
+            "value": row.value,
+            "unit": row.unit,
+            "min": row.min,
+            "max": row.max,
+            "runs": row.runs,
+            "target": row.target,
+            "verdict": row.verdict.map(|met| if met { "pass" } else { "miss" }),
+            "detail": row.detail,
+        });
+        println!("{object}");
+    }
+}
+
+/// Left-aligned columns as wide as their widest cell, under a header and a rule.
+fn print_grid<const N: usize>(header: [&str; N], cells: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for line in cells {
+        for (width, cell) in widths.iter_mut().zip(line) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let print = |line: &[String]| {
+        let text: Vec<String> = line.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    print(&header.map(str::to_string));
+    print(&widths.map(|width| "-".repeat(width)));
+    for line in cells {
+        print(line);
     }
 }
