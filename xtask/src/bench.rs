@@ -11,6 +11,8 @@ use anyhow::Result;
 #[cfg(feature = "bench")]
 mod control;
 #[cfg(feature = "bench")]
+mod failover;
+#[cfg(feature = "bench")]
 mod harness;
 #[cfg(feature = "bench")]
 mod lab;
@@ -42,11 +44,13 @@ pub enum Group {
     Maglev,
     /// CPU used by 1000 TCP probes at a 100 ms interval.
     Probes,
+    /// Verdict to published table through the controller (needs root).
+    Failover,
 }
 
 impl Group {
     #[cfg(feature = "bench")]
-    const ALL: [Group; 3] = [Group::Dataplane, Group::Maglev, Group::Probes];
+    const ALL: [Group; 4] = [Group::Dataplane, Group::Maglev, Group::Probes, Group::Failover];
 
     /// As `--only` spells it, for the run with the feature on.
     #[cfg(not(feature = "bench"))]
@@ -55,6 +59,7 @@ impl Group {
             Group::Dataplane => "dataplane",
             Group::Maglev => "maglev",
             Group::Probes => "probes",
+            Group::Failover => "failover",
         }
     }
 }

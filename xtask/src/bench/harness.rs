@@ -75,6 +75,11 @@ pub fn run(json: bool, groups: &[Group]) -> Result<()> {
         control_rows.extend(rows);
         notes.push(note);
     }
+    if groups.contains(&Group::Failover) {
+        let (rows, note) = super::failover::verdict_to_publish()?;
+        control_rows.extend(rows);
+        notes.push(note);
+    }
     if json {
         report::print_json(&rows);
         report::print_control_json(&control_rows);
