@@ -273,7 +273,20 @@ impl MapWriter {
         if table.is_empty() || table.len() > self.pool.capacity() as usize {
             return Err(invalid(format!("table of {} slots does not fit a pool of {}", table.len(), self.pool.capacity())));
         }
-        let members: BTreeSet<u32> = table.iter().copied().collect();
+        // A bitmap pass finds the distinct ids: inserting all 65537 slots into the set would
+        // cost more than the Maglev build on the failover path.
+        let mut seen = vec![0u64; (MAX_BACKENDS as usize).div_ceil(64)];
+        let mut members = BTreeSet::new();
+        for &id in table {
+            if id >= MAX_BACKENDS {
+                return Err(invalid(format!("backend id {id} is beyond {MAX_BACKENDS}")));
+            }
+            let (word, bit) = ((id / 64) as usize, 1u64 << (id % 64));
+            if seen[word] & bit == 0 {
+                seen[word] |= bit;
+                members.insert(id);
+            }
+        }
         for id in &members {
             match self.backend_entries.get(id) {
                 Some(entry) if entry.backend.vip_id == settings.vip_id => {}
