@@ -427,14 +427,7 @@ fn faults(
         t0,
         phase,
         format!("kill {}", backend_name(victim)),
-        |event| {
-            event.kind == "failover"
-                && event.is_about(victim)
-                && event
-                    .timings
-                    .as_ref()
-                    .is_some_and(|timings| timings.to == "down")
-        },
+        failover_of(victim, "down"),
     )?);
 
     // (2) Bring it back: rise successes, then it serves new flows again.
@@ -454,14 +447,7 @@ fn faults(
         t0,
         phase,
         format!("restart {}", backend_name(victim)),
-        |event| {
-            event.kind == "failover"
-                && event.is_about(victim)
-                && event
-                    .timings
-                    .as_ref()
-                    .is_some_and(|timings| timings.to == "up")
-        },
+        failover_of(victim, "up"),
     )?);
 
     // (3) Drain: no new flows, established ones continue; then undrain.
@@ -527,6 +513,15 @@ fn faults(
 
 /// Waits for the daemon's reaction to a fault made at `t0`, watches the traffic for `phase`,
 /// and returns the row.
+/// Matches the daemon's failover event that takes backend `index` to `to` ("up" or "down").
+fn failover_of(index: usize, to: &'static str) -> impl Fn(&Event) -> bool {
+    move |event| {
+        event.kind == "failover"
+            && event.is_about(index)
+            && event.timings.as_ref().is_some_and(|timings| timings.to == to)
+    }
+}
+
 fn reaction(
     daemon: &mut Daemon,
     stats: &Stats,
