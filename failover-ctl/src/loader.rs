@@ -201,16 +201,22 @@ pub(crate) fn open_pinned_program(paths: &InstancePaths) -> Result<Xdp, LoadErro
     Ok(xdp)
 }
 
+/// Loads the load-balancer object with the sizes of `options` and verifies its program.
+fn load_object(options: LoadOptions) -> Result<Ebpf, LoadError> {
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(names::TABLES, options.table_pool_slots)
+        .map_max_entries(names::FLOWS, options.flow_entries)
+        .load(objects::FAILOVER)?;
+    program_mut(&mut ebpf, PROGRAM)?
+        .load()
+        .map_err(|source| LoadError::Program { name: PROGRAM, source })?;
+    Ok(ebpf)
+}
+
 impl Dataplane {
     /// Loads and verifies the load-balancer program (not attached anywhere yet).
     pub fn load(options: LoadOptions) -> Result<Self, LoadError> {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::TABLES, options.table_pool_slots)
-            .map_max_entries(names::FLOWS, options.flow_entries)
-            .load(objects::FAILOVER)?;
-        program_mut(&mut ebpf, PROGRAM)?
-            .load()
-            .map_err(|source| LoadError::Program { name: PROGRAM, source })?;
+        let mut ebpf = load_object(options)?;
         let writer = MapWriter::new(&mut ebpf)?;
         let counters = Counters::new(&mut ebpf)?;
         Ok(Self { loaded: Loaded::Object(ebpf), writer, counters })
@@ -227,13 +233,7 @@ impl Dataplane {
         if let Some(Ok(entry)) = std::fs::read_dir(paths.maps_dir()).ok().and_then(|mut entries| entries.next()) {
             return Err(LoadError::AlreadyPinned(entry.path()));
         }
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::TABLES, options.table_pool_slots)
-            .map_max_entries(names::FLOWS, options.flow_entries)
-            .load(objects::FAILOVER)?;
-        program_mut(&mut ebpf, PROGRAM)?
-            .load()
-            .map_err(|source| LoadError::Program { name: PROGRAM, source })?;
+        let mut ebpf = load_object(options)?;
         let maps_dir = paths.maps_dir();
         std::fs::create_dir_all(&maps_dir).map_err(io_error(&maps_dir))?;
         let mut pinned = Vec::new();
