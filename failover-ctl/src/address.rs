@@ -46,3 +46,8 @@ mod tests {
         assert_eq!(from_words(&[0; 4], 9), None);
     }
 }
+
+/// A MAC address as `02:00:5e:00:00:01`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(":")
+}

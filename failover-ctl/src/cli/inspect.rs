@@ -181,10 +181,6 @@ fn yes_no(value: bool) -> String {
     if value { "yes" } else { "no" }.into()
 }
 
-fn mac(bytes: &[u8; 6]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(":")
-}
-
 /// Finds the VIP the user named: a name from `state.json`, a vip id, or `ADDRESS:PORT/PROTO`
 /// as `vips` prints it.
 fn resolve_vip(vips: &[(VipKey, VipMeta)], state: &State, name: &str) -> anyhow::Result<(VipKey, VipMeta)> {
@@ -566,7 +562,7 @@ pub fn status(target: &Target) -> anyhow::Result<()> {
         config_path: status.map(|status| status.config_path.clone()),
         started_at: status.map(|status| utc(status.started_at)),
         interfaces,
-        next_hop_mac: config.map(|config| mac(&config.next_hop_mac)),
+        next_hop_mac: config.map(|config| crate::address::format_mac(&config.next_hop_mac)),
         vips: view.vips()?.len(),
         backends: counts,
         failovers: status.map(|status| status.failovers.count),

@@ -137,10 +137,6 @@ pub struct Start {
     pub previous: Option<Status>,
 }
 
-fn error_chain(error: &anyhow::Error) -> String {
-    format!("{error:#}")
-}
-
 fn probe_kind(check: &Check) -> &'static str {
     match check {
         Check::Tcp { .. } => "tcp",
@@ -496,7 +492,7 @@ impl Controller {
         self.publish_status();
         match result {
             Ok(message) => Response { ok: true, message, status: None },
-            Err(error) => Response { ok: false, message: error_chain(&error), status: None },
+            Err(error) => Response { ok: false, message: format!("{error:#}"), status: None },
         }
     }
 
@@ -696,7 +692,7 @@ impl Controller {
             self.dataplane.writer.set_config(&entry)?;
         }
         self.status.interfaces = links.interfaces.clone();
-        self.status.next_hop_mac = format_mac(&links.next_hop_mac);
+        self.status.next_hop_mac = address::format_mac(&links.next_hop_mac);
         self.current_links = Some(links);
 
         // Backends first (new ids, changed health), so every table names written entries.
@@ -888,6 +884,3 @@ fn placeholder_vip(key: &VipKey) -> config::Vip {
     }
 }
 
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(":")
-}

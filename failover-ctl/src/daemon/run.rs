@@ -20,7 +20,7 @@ use tokio::{
 
 use super::{
     control,
-    controller::{format_mac, Controller, Links, LinksFn, Message, Start},
+    controller::{Controller, Links, LinksFn, Message, Start},
     events::EventLog,
     status::{InterfaceStatus, Request, Status},
 };
@@ -94,7 +94,7 @@ fn links(paths: InstancePaths, netlink: Arc<Netlink>, runtime: tokio::runtime::H
             interfaces.push(InterfaceStatus {
                 name: interface.name.clone(),
                 ifindex: interface.index,
-                mac: format_mac(&interface.mac),
+                mac: crate::address::format_mac(&interface.mac),
                 mode,
             });
         }
