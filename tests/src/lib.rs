@@ -2,6 +2,8 @@
 //! configuration, packet builders (etherparse), the expected-output builders for encapsulation,
 //! and `test_run` with a hex diff on mismatch.
 
+pub mod craft;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};

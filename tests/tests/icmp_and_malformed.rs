@@ -7,128 +7,17 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{TestRun, TestRunOptions};
 use etherparse::{
-    icmpv4::{DestUnreachableHeader, TimeExceededCode},
-    icmpv6::DestUnreachableCode,
+    icmpv4::DestUnreachableHeader,
     Icmpv4Type, Icmpv6Type, IpFragOffset, IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header,
     Ipv4HeaderSlice, Ipv6Extensions, Ipv6FragmentHeader, Ipv6Header, Ipv6HeaderSlice, Ipv6RawExtHeader,
     Ipv6RoutingExtensions, NetSlice, PacketBuilder, SlicedPacket, TransportSlice,
 };
 use failover_common::{maps::*, stats};
-use failover_ctl::address::to_words;
-use failover_tests::*;
+use failover_tests::{craft::*, *};
 
-const ROUTER_MAC: [u8; 6] = [0x02, 0x52, 0x00, 0x00, 0x00, 0x01];
-const ROUTER4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xfe, 0, 0, 0, 0, 1);
 /// VIP addresses whose only service this node does not own (a standby).
 const STANDBY4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 90);
 const STANDBY6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x80, 0, 0, 0, 0, 0x90);
-const ECHO_ID: u16 = 0x1234;
-const ECHO_SEQUENCE: u16 = 7;
-
-fn v4(address: Ipv4Addr) -> IpAddr {
-    IpAddr::V4(address)
-}
-
-fn v6(address: Ipv6Addr) -> IpAddr {
-    IpAddr::V6(address)
-}
-
-/// An Ethernet frame with `tags` carrying the IP packet `ip`; the EtherType follows its version.
-fn frame(tags: Tags, destination: [u8; 6], source: [u8; 6], ip: &[u8]) -> Vec<u8> {
-    let ethertype: u16 = if ip[0] >> 4 == 6 { 0x86dd } else { 0x0800 };
-    let mut frame = Vec::new();
-    frame.extend_from_slice(&destination);
-    frame.extend_from_slice(&source);
-    frame.extend_from_slice(&tags.bytes());
-    frame.extend_from_slice(&ethertype.to_be_bytes());
-    frame.extend_from_slice(ip);
-    frame
-}
-
-/// A frame from the client to the load balancer.
-fn inbound(tags: Tags, ip: &[u8]) -> Vec<u8> {
-    frame(tags, LB_MAC, CLIENT_MAC, ip)
-}
-
-/// A frame from the load balancer back to the client.
-fn outbound(tags: Tags, ip: &[u8]) -> Vec<u8> {
-    frame(tags, CLIENT_MAC, LB_MAC, ip)
-}
-
-/// IP headers with etherparse's defaults (IPv4: DF set, identification 0, no options).
-fn ip(source: IpAddr, destination: IpAddr, ttl: u8) -> IpHeaders {
-    match (source, destination) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            IpHeaders::Ipv4(Ipv4Header::new(0, ttl, IpNumber::TCP, s.octets(), d.octets()).unwrap(), Ipv4Extensions::default())
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => IpHeaders::Ipv6(
-            Ipv6Header { hop_limit: ttl, source: s.octets(), destination: d.octets(), ..Default::default() },
-            Ipv6Extensions::default(),
-        ),
-        _ => panic!("mixed address families"),
-    }
-}
-
-/// IPv4 headers with `options` (IHL = 5 + options / 4) and the DF bit as given.
-fn ip4(source: Ipv4Addr, destination: Ipv4Addr, options: &[u8], dont_fragment: bool) -> IpHeaders {
-    let mut header = Ipv4Header::new(0, 64, IpNumber::TCP, source.octets(), destination.octets()).unwrap();
-    header.options = options.try_into().unwrap();
-    header.dont_fragment = dont_fragment;
-    IpHeaders::Ipv4(header, Ipv4Extensions::default())
-}
-
-fn header_len(headers: &IpHeaders) -> usize {
-    match headers {
-        IpHeaders::Ipv4(header, _) => header.header_len(),
-        IpHeaders::Ipv6(..) => 40,
-    }
-}
-
-/// A TCP (ACK) or UDP packet (IP and up) with `ports` and `payload`.
-fn transport(headers: IpHeaders, protocol: u8, ports: (u16, u16), payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let builder = PacketBuilder::ip(headers);
-    match protocol {
-        PROTOCOL_TCP => builder.tcp(ports.0, ports.1, 1001, 64240).ack(5000).write(&mut out, payload),
-        PROTOCOL_UDP => builder.udp(ports.0, ports.1).write(&mut out, payload),
-        _ => panic!("protocol {protocol} is not a transport"),
-    }
-    .unwrap();
-    out
-}
-
-/// A TCP packet whose IP total length is exactly `total`.
-fn sized_tcp(headers: IpHeaders, ports: (u16, u16), total: usize) -> Vec<u8> {
-    let payload: Vec<u8> = (0..total - header_len(&headers) - 20).map(|i| i as u8).collect();
-    let packet = transport(headers, PROTOCOL_TCP, ports, &payload);
-    assert_eq!(packet.len(), total);
-    packet
-}
-
-fn echo_request(headers: IpHeaders, payload: &[u8]) -> Vec<u8> {
-    let v4 = matches!(headers, IpHeaders::Ipv4(..));
-    let builder = PacketBuilder::ip(headers);
-    let mut out = Vec::new();
-    if v4 {
-        builder.icmpv4_echo_request(ECHO_ID, ECHO_SEQUENCE).write(&mut out, payload).unwrap();
-    } else {
-        builder.icmpv6_echo_request(ECHO_ID, ECHO_SEQUENCE).write(&mut out, payload).unwrap();
-    }
-    out
-}
-
-fn echo_reply(headers: IpHeaders, payload: &[u8]) -> Vec<u8> {
-    let v4 = matches!(headers, IpHeaders::Ipv4(..));
-    let builder = PacketBuilder::ip(headers);
-    let mut out = Vec::new();
-    if v4 {
-        builder.icmpv4_echo_reply(ECHO_ID, ECHO_SEQUENCE).write(&mut out, payload).unwrap();
-    } else {
-        builder.icmpv6_echo_reply(ECHO_ID, ECHO_SEQUENCE).write(&mut out, payload).unwrap();
-    }
-    out
-}
 
 /// What an ICMP reply frame says, after its checksums were verified from scratch.
 struct Icmp {
@@ -179,37 +68,6 @@ fn checked_icmp(frame: &[u8]) -> Icmp {
     }
 }
 
-/// The flow table key of client:port -> VIP:port.
-fn flow_key(client: IpAddr, vip: IpAddr, protocol: u8, ports: (u16, u16)) -> FlowKey {
-    let (source, family) = to_words(client);
-    FlowKey {
-        source,
-        destination: to_words(vip).0,
-        source_port: ports.0.to_be(),
-        destination_port: ports.1.to_be(),
-        protocol,
-        family,
-        _padding: [0; 2],
-    }
-}
-
-fn flow_count(harness: &Harness) -> usize {
-    harness.dataplane.counters.flows().unwrap().len()
-}
-
-/// Every reason counter (packets), to compare before and after a step.
-fn reasons(harness: &Harness) -> Vec<u64> {
-    harness.dataplane.counters.reasons().unwrap().iter().map(|counter| counter.packets).collect()
-}
-
-/// Asserts that between `before` and now exactly one packet was counted, under `reason`.
-fn assert_counted_once(case: &str, harness: &Harness, before: &[u64], reason: u32) {
-    let after = reasons(harness);
-    for (index, (old, new)) in before.iter().zip(&after).enumerate() {
-        let wanted = old + (index as u32 == reason) as u64;
-        assert_eq!(*new, wanted, "{case}: counter {} (expected one packet under {})", stats::REASON_NAMES[index], stats::REASON_NAMES[reason as usize]);
-    }
-}
 
 #[test]
 fn echo_requests_to_owned_vip_addresses_are_answered() {
@@ -275,49 +133,6 @@ fn echo_requests_to_owned_vip_addresses_are_answered() {
     assert_counted_once("neighbour solicitation", &harness, &before, stats::PASS_ICMP_OTHER);
 }
 
-/// Kinds of ICMP errors a router sends about a packet of the backend's reply.
-#[derive(Clone, Copy, Debug)]
-enum ErrorKind {
-    FragmentationNeeded,
-    TimeExceeded,
-    PacketTooBig,
-    Unreachable6,
-}
-
-/// An ICMP error (IP and up) from `router` to `vip` quoting `quote`.
-fn icmp_error(router: IpAddr, vip: IpAddr, kind: ErrorKind, quote: &[u8]) -> Vec<u8> {
-    let builder = PacketBuilder::ip(ip(router, vip, 61));
-    let mut out = Vec::new();
-    match kind {
-        ErrorKind::FragmentationNeeded => builder
-            .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 }))
-            .write(&mut out, quote),
-        ErrorKind::TimeExceeded => {
-            builder.icmpv4(Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit)).write(&mut out, quote)
-        }
-        ErrorKind::PacketTooBig => builder.icmpv6(Icmpv6Type::PacketTooBig { mtu: 1400 }).write(&mut out, quote),
-        ErrorKind::Unreachable6 => {
-            builder.icmpv6(Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port)).write(&mut out, quote)
-        }
-    }
-    .unwrap();
-    out
-}
-
-/// The backend's reply (VIP:vip_port -> client:client_port) as a router quotes it: for IPv4
-/// the header and the first eight transport bytes (RFC 792), for IPv6 the whole packet.
-fn reply_quote(headers: IpHeaders, protocol: u8, ports: (u16, u16)) -> Vec<u8> {
-    let v4 = matches!(headers, IpHeaders::Ipv4(..));
-    let length = header_len(&headers);
-    let reply = transport(headers, protocol, ports, b"the backend's answer");
-    if v4 {
-        reply[..length + 8].to_vec()
-    } else {
-        reply
-    }
-}
-
-/// The backend that `frame` (a client packet) is forwarded to, found among `candidates` by
 /// comparing the program's output with the expected encapsulation to each.
 fn backend_of(harness: &Harness, frame: &[u8], tags: Tags, client: IpAddr, ports: (u16, u16), candidates: &[IpAddr]) -> IpAddr {
     let (action, out) = harness.run(frame);

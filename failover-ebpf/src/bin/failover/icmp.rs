@@ -103,38 +103,56 @@ fn echo_reply(ctx: &XdpContext, l3: &L3) -> Verdict {
 
 /// Finds the VIP flow an ICMP error is about. The quoted packet is the backend's reply
 /// (source = VIP), so the flow is the quote's tuple reversed.
+///
+/// The error must be addressed to a VIP address (the address filter has false positives:
+/// anything else goes to the kernel untouched), and the quoted flow must belong to that very
+/// address: an error sent to VIP A that quotes a flow of VIP B is not A's to route, and goes
+/// to the kernel like any ICMP about a flow that is not A's.
+///
+/// Returns `needs_routing()`, `drop(DROP_ICMP_ERROR_UNROUTABLE)` or `pass(PASS_NOT_VIP |
+/// PASS_NOT_OWNED | PASS_ICMP_OTHER)`.
 #[inline(always)]
 fn route_error(ctx: &XdpContext, l3: &L3, routed: &mut Routed) -> Verdict {
-    const UNROUTABLE: Verdict = Verdict::drop(stats::DROP_ICMP_ERROR_UNROUTABLE);
+    let address = lb::address_entry(l3.family, &l3.destination);
+    if address.is_none() {
+        return Verdict::pass(stats::PASS_NOT_VIP);
+    }
+    // Dropped at a VIP address this node owns; otherwise the kernel decides, as for any of its
+    // traffic.
+    let unroutable = lb::unusable_at(address, stats::DROP_ICMP_ERROR_UNROUTABLE);
     let inner = l3.l4_offset() + ICMP_LEN;
     let (protocol, vip, client, ports_offset) = if l3.family == FAMILY_IPV4 {
-        let Some(ip) = at::<Ipv4Header>(ctx, inner) else { return UNROUTABLE };
+        let Some(ip) = at::<Ipv4Header>(ctx, inner) else { return unroutable };
         // SAFETY: checked by `at`.
         let (version_ihl, protocol, source, destination) =
             unsafe { ((*ip).version_ihl, (*ip).protocol, (*ip).source, (*ip).destination) };
         let header_len = ((version_ihl & 0x0f) as usize) * 4;
         if version_ihl >> 4 != 4 || header_len < IPV4_LEN {
-            return UNROUTABLE;
+            return unroutable;
         }
         (protocol, [source, 0, 0, 0], [destination, 0, 0, 0], inner + header_len)
     } else {
-        let Some(ip) = at::<Ipv6Header>(ctx, inner) else { return UNROUTABLE };
+        let Some(ip) = at::<Ipv6Header>(ctx, inner) else { return unroutable };
         // SAFETY: checked by `at`.
         let (first, protocol, source, destination) =
             unsafe { ((*ip).version_class_flow, (*ip).next_header, (*ip).source, (*ip).destination) };
         if u32::from_be(first) >> 28 != 6 {
-            return UNROUTABLE;
+            return unroutable;
         }
         (protocol, source, destination, inner + IPV6_LEN)
     };
     if protocol != PROTOCOL_TCP && protocol != PROTOCOL_UDP {
-        return UNROUTABLE;
+        return unroutable;
+    }
+    // About another address's flow (another VIP's included): not a flow of this VIP.
+    if vip != l3.destination {
+        return Verdict::pass(stats::PASS_ICMP_OTHER);
     }
     // The quote must lie inside the ICMP packet, not in the frame's padding.
     if ports_offset + core::mem::size_of::<Ports>() > l3.offset + l3.total_len {
-        return UNROUTABLE;
+        return unroutable;
     }
-    let Some(ports) = at::<Ports>(ctx, ports_offset) else { return UNROUTABLE };
+    let Some(ports) = at::<Ports>(ctx, ports_offset) else { return unroutable };
     // SAFETY: checked by `at`.
     let (vip_port, client_port) = unsafe { ((*ports).source, (*ports).destination) };
     let Some(meta) = lb::lookup_vip(l3.family, &vip, vip_port, protocol) else {

@@ -51,7 +51,13 @@ pub fn address_entry(family: u8, address: &[u32; 4]) -> Option<VipMeta> {
 /// owns, otherwise leave it to the kernel as if we were not here.
 #[inline(always)]
 fn unusable(l3: &L3, reason: u32) -> Verdict {
-    match address_entry(l3.family, &l3.destination) {
+    unusable_at(address_entry(l3.family, &l3.destination), reason)
+}
+
+/// `unusable` for a destination whose address entry (`address`) was already looked up.
+#[inline(always)]
+pub fn unusable_at(address: Option<VipMeta>, reason: u32) -> Verdict {
+    match address {
         Some(meta) if meta.flags & VIP_OWNED != 0 => Verdict::drop(reason),
         Some(_) => Verdict::pass(stats::PASS_NOT_OWNED),
         None => Verdict::pass(stats::PASS_NOT_VIP),
@@ -77,13 +83,19 @@ fn vip_traffic(ctx: &XdpContext, l3: &L3) -> Verdict {
     // SAFETY: this CPU's scratch entry; this program is not preempted and nothing else uses it.
     let routed = unsafe { &mut *routed };
     let mut track = true;
-    if l3.protocol == PROTOCOL_ICMP || l3.protocol == PROTOCOL_ICMPV6 {
+    if is_icmp(l3) {
         let verdict = icmp::handle(ctx, l3, &l4, routed);
         if !verdict.is_needs_routing() {
             return verdict;
         }
         track = false;
     } else {
+        // Only TCP and UDP have services. Any other protocol must not reach the VIP lookup: an
+        // IPv4 protocol 0 (HOPOPT) would match the address entry (`PROTOCOL_ADDRESS`), which has
+        // no table, and be dropped as if no backend were live.
+        if l3.protocol != PROTOCOL_TCP && l3.protocol != PROTOCOL_UDP {
+            return Verdict::pass(stats::PASS_NOT_VIP);
+        }
         let Some(meta) = lookup_vip(l3.family, &l3.destination, l4.destination_port, l3.protocol) else {
             return Verdict::pass(stats::PASS_NOT_VIP);
         };
@@ -104,7 +116,14 @@ fn vip_traffic(ctx: &XdpContext, l3: &L3) -> Verdict {
     verdict
 }
 
+/// ICMP of the packet's own family (ICMP in IPv4, ICMPv6 in IPv6).
+#[inline(always)]
+fn is_icmp(l3: &L3) -> bool {
+    (l3.family == FAMILY_IPV4 && l3.protocol == PROTOCOL_ICMP) || (l3.family == FAMILY_IPV6 && l3.protocol == PROTOCOL_ICMPV6)
+}
+
 /// The VIP for (address, port, protocol), falling back to the all-ports VIP of that address.
+/// `protocol` must be TCP or UDP: any other value could match an address entry.
 #[inline(always)]
 pub fn lookup_vip(family: u8, address: &[u32; 4], port: u16, protocol: u8) -> Option<VipMeta> {
     let mut key = VipKey { address: *address, port, protocol, family };
