@@ -1,6 +1,7 @@
 //! Private network namespaces for tests, benchmarks and the lab: unique names per run, guards
 //! that delete them on drop (also when a test panics), cleanup of namespaces left by crashed
-//! runs, veth pairs, and running code or commands inside a namespace.
+//! runs, veth pairs, and running code or commands inside a namespace; and what a test needs
+//! from the host, with the rule for skipping without it ([`prerequisite`]).
 //!
 //! Tests and benchmarks only ever send traffic to addresses inside namespaces made here.
 
@@ -14,6 +15,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 pub mod http;
+pub mod prerequisite;
 
 /// Every namespace this crate makes starts with this, followed by `<tag>-<pid>-<n>`.
 pub const PREFIX: &str = "fo";
