@@ -10,7 +10,7 @@ mod support;
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -324,15 +324,7 @@ fn info_field(info: &str, key: &str) -> Option<String> {
 
 #[test]
 fn redis_master_role_follows_a_switchover() {
-    if !root() {
-        return;
-    }
-    if Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: redis-server is not installed (`which redis-server` finds nothing)");
+    if !root() || !netlab::prerequisite::require_program("redis-server", "redis-server") {
         return;
     }
     let topology = Topology::new(2);

@@ -39,13 +39,9 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 
 static INSTANCES: AtomicU32 = AtomicU32::new(0);
 
+/// True when the test may pin BPF programs; skips without root (fails in CI).
 fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root (BPF)");
-    }
-    root
+    netlab::prerequisite::root("loads and pins BPF programs")
 }
 
 /// Private pin and runtime roots; everything is removed on drop (also when a test panics).

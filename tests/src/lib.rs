@@ -48,14 +48,10 @@ pub fn backend6(n: u8) -> IpAddr {
 
 pub const MTU: u16 = 1500;
 
-/// True when the test may load BPF programs; prints why it skips otherwise.
+/// True when the test may load BPF programs; skips without root (fails in CI), see
+/// [`netlab::prerequisite::root`].
 pub fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root (BPF)");
-    }
-    root
+    netlab::prerequisite::root("loads BPF programs")
 }
 
 /// The configuration fixtures use: fixed outer sources (mask 0) so expected bytes are simple.

@@ -66,7 +66,12 @@ fn topology() -> Topology {
 
 #[test]
 fn udp_and_tcp_through_encap_and_decap() {
-    if !root() {
+    use netlab::prerequisite::require_program;
+    if !root()
+        || !require_program("ip", "iproute2")
+        || !require_program("sysctl", "procps")
+        || !require_program("ethtool", "ethtool")
+    {
         return;
     }
     let t = topology();

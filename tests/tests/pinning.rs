@@ -228,7 +228,7 @@ fn wait_detached(namespace: &Namespace, interface: &str) -> bool {
 
 #[test]
 fn pinned_links_outlive_the_process_until_teardown() {
-    if !root() {
+    if !root() || !netlab::prerequisite::require_program("ip", "iproute2") {
         return;
     }
     netlab::cleanup_stale().unwrap();

@@ -64,14 +64,14 @@ pub fn unique() -> u32 {
     COUNTER.fetch_add(1, Ordering::Relaxed)
 }
 
-/// True when the test may create namespaces and load BPF programs; prints why it skips otherwise.
+/// True when the test may create namespaces and load BPF programs, and the programs
+/// [`Topology`] runs are installed; skips without root (fails in CI), see [`netlab::prerequisite`].
 pub fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root (namespaces, BPF)");
-    }
-    root
+    use netlab::prerequisite::{require_program, root};
+    root("namespaces, BPF")
+        && require_program("ip", "iproute2")
+        && require_program("sysctl", "procps")
+        && require_program("ethtool", "ethtool")
 }
 
 /// The address of backend `index` (each backend has its own link to the router).
