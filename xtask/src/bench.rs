@@ -2,7 +2,7 @@
 //!
 //! The harness loads the data plane, so it depends on failover-ctl, whose build script needs
 //! the eBPF toolchain; plain `cargo xtask` must build without it. So the harness sits behind
-//! the `bench` feature: without it, this task installs the toolchain where missing and runs
+//! the `bench` feature: without it, this task installs what is missing (packages, bpffs, the toolchain) and runs
 //! itself again with the feature, in release. Scenarios, methods and checks are described in
 //! `bench/harness.rs` and printed with the results.
 
@@ -72,7 +72,7 @@ pub fn run(arguments: Arguments) -> Result<()> {
 
 #[cfg(not(feature = "bench"))]
 pub fn run(arguments: Arguments) -> Result<()> {
-    crate::ebpf::ensure_ebpf_toolchain()?;
+    crate::prerequisites::ensure(crate::prerequisites::Task::Bench)?;
     let mut command = crate::command::cargo()?;
     command.args(["run", "--release", "--package", "xtask", "--features", "bench", "--", "bench"]);
     if arguments.json {

@@ -11,7 +11,7 @@ use cargo_metadata::{Message, MetadataCommand};
 
 use crate::{
     command::{self, describe},
-    ebpf::ensure_ebpf_toolchain,
+    prerequisites::ensure_ebpf_toolchain,
 };
 
 /// The package whose build script builds and embeds the eBPF objects.

@@ -78,8 +78,8 @@ pub fn run(arguments: Arguments) -> Result<()> {
         }
         return Ok(());
     }
+    crate::prerequisites::ensure(crate::prerequisites::Task::Lab)?;
     if !arguments.no_build {
-        crate::ebpf::ensure_ebpf_toolchain()?;
         crate::command::run(crate::command::cargo()?.args([
             "build",
             "--release",

@@ -1,10 +1,11 @@
-//! Developer tasks for failover, run as `cargo xtask <task>`: build the eBPF objects, run the tests, run the benchmarks, run the live lab.
+//! Developer tasks for failover, run as `cargo xtask <task>`: check the host, build the eBPF objects, run the tests, run the benchmarks, run the live lab.
 
 mod bench;
 mod build_ebpf;
 mod command;
-mod ebpf;
+mod doctor;
 mod lab;
+mod prerequisites;
 mod test;
 
 use std::process::ExitCode;
@@ -23,14 +24,18 @@ enum Task {
     /// Install nightly, rust-src and bpf-linker where missing, then build the eBPF objects
     /// (through failover-ctl's build script) and print where they are.
     BuildEbpf(build_ebpf::Arguments),
-    /// Run the test suite (`cargo test --workspace`), installing the eBPF toolchain first where
-    /// missing.
+    /// Run the test suite (`cargo test --workspace`), installing what is missing first (packages,
+    /// bpffs, the eBPF toolchain); reports how many tests skipped for want of root.
     Test(test::Arguments),
-    /// Run the benchmarks.
+    /// Run the benchmarks, installing what is missing first.
     Bench(bench::Arguments),
     /// The live demo: the load balancer on real packets in private namespaces, with faults
-    /// injected in turn (needs root).
+    /// injected in turn (needs root; installs what is missing first). Fails when a check of
+    /// what it demonstrates fails.
     Lab(lab::Arguments),
+    /// List every prerequisite (packages, bpffs, kernel features, eBPF toolchain) as found or
+    /// missing, with versions; fails when anything is missing. Installs nothing.
+    Doctor,
 }
 
 fn main() -> ExitCode {
@@ -39,6 +44,7 @@ fn main() -> ExitCode {
         Task::Test(arguments) => test::run(arguments),
         Task::Bench(arguments) => bench::run(arguments),
         Task::Lab(arguments) => lab::run(arguments),
+        Task::Doctor => doctor::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,10 +1,22 @@
-//! `cargo xtask test`: the project's test command — installs the eBPF toolchain where missing, then runs `cargo test --workspace`.
+//! `cargo xtask test`: the project's test command — installs what is missing, runs `cargo test --workspace`, and ends with how many tests skipped for want of root.
+//!
+//! Tests that need root skip without it (outside CI) through `netlab::prerequisite`, which
+//! appends one line per skip to the file named by `FAILOVER_TEST_SKIP_LOG`; this task points it
+//! at a fresh file and counts the lines, so a skip is never a silent pass.
 
-use std::ffi::OsString;
+use std::{
+    ffi::OsString,
+    fs,
+    path::{Path, PathBuf},
+};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
+use netlab::prerequisite::SKIP_LOG;
 
-use crate::{command, ebpf::ensure_ebpf_toolchain};
+use crate::{
+    command,
+    prerequisites::{ensure, Task},
+};
 
 #[derive(clap::Args)]
 pub struct Arguments {
@@ -14,20 +26,61 @@ pub struct Arguments {
 }
 
 pub fn run(arguments: Arguments) -> Result<()> {
-    ensure_ebpf_toolchain()?;
-    if !is_root() {
-        eprintln!(
-            "xtask: warning: not running as root; tests that load XDP programs or create network namespaces will skip themselves"
-        );
+    ensure(Task::Test)?;
+    let log = skip_log()?;
+    if let Some(parent) = log.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
-    command::run(
+    fs::write(&log, b"").with_context(|| format!("creating {}", log.display()))?;
+    let result = command::run(
         command::cargo()?
             .args(["test", "--workspace"])
-            .args(&arguments.cargo_arguments),
-    )
+            .args(&arguments.cargo_arguments)
+            .env(SKIP_LOG, &log),
+    );
+    let skipped = read_skips(&log)?;
+    for line in &skipped {
+        println!("  {line}");
+    }
+    println!("{}", closing_line(skipped.len()));
+    result
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+/// `target/xtask/test-skips.log` (or under CARGO_TARGET_DIR), emptied at every run.
+fn skip_log() -> Result<PathBuf> {
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(directory) => PathBuf::from(directory),
+        None => command::workspace_root()?.join("target"),
+    };
+    Ok(target.join("xtask").join("test-skips.log"))
+}
+
+fn read_skips(log: &Path) -> Result<Vec<String>> {
+    let text = fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+    Ok(skip_lines(&text))
+}
+
+/// The non-empty lines of the skip log.
+fn skip_lines(text: &str) -> Vec<String> {
+    text.lines().filter(|line| !line.trim().is_empty()).map(str::to_owned).collect()
+}
+
+/// The last line of every run, also when nothing skipped.
+fn closing_line(skipped: usize) -> String {
+    format!("{skipped} tests skipped: not root")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_every_skip_line() {
+        let text = "pinning-1a2b adopted: skipped: not root (loads BPF programs)\n\n\
+                    daemon-3c4d weights: skipped: not root (namespaces, BPF)\n";
+        assert_eq!(skip_lines(text).len(), 2);
+        assert!(skip_lines("").is_empty());
+        assert_eq!(closing_line(0), "0 tests skipped: not root");
+        assert_eq!(closing_line(7), "7 tests skipped: not root");
+    }
 }

@@ -1,13 +1,14 @@
 //! The eBPF toolchain — nightly with rust-src (for `-Z build-std=core`) and bpf-linker — checked and installed where missing.
 //!
 //! failover-ctl's build script only checks for these and says what to run; installing them is
-//! this module's job, so a fresh machine needs nothing but `cargo xtask build-ebpf` or
-//! `cargo xtask test`.
+//! this module's job (no root needed), so a fresh machine needs nothing but `cargo xtask
+//! build-ebpf` or `cargo xtask test`. `check` reports the same things for `cargo xtask doctor`.
 
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{bail, Context as _, Result};
 
+use super::report::{Finding, Kind, Status};
 use crate::command::{self, probe, run};
 
 /// The toolchain failover-ctl's build script builds failover-ebpf with.
@@ -21,19 +22,16 @@ const LINKER_LLVM_MAJOR: &str = "22";
 
 /// Makes sure nightly, its rust-src component and bpf-linker 0.10.4 are installed, installing
 /// whatever is missing. Every task that builds failover-ctl calls this first.
-pub fn ensure_ebpf_toolchain() -> Result<()> {
+pub fn ensure() -> Result<()> {
     if nightly_rustc(&["--version"]).is_none() {
         eprintln!("xtask: the {TOOLCHAIN} toolchain is missing; installing it");
         run(rustup().args(["toolchain", "install", TOOLCHAIN, "--profile", "minimal"]))?;
     }
-    let sysroot = nightly_rustc(&["--print", "sysroot"]).with_context(|| {
+    let core_sources = core_sources().with_context(|| {
         format!(
             "`rustup run {TOOLCHAIN} rustc --print sysroot` failed after installing {TOOLCHAIN}"
         )
     })?;
-    // `-Z build-std=core` compiles `core` from these sources.
-    let core_sources =
-        PathBuf::from(sysroot.trim()).join("lib/rustlib/src/rust/library/core/Cargo.toml");
     if !core_sources.is_file() {
         eprintln!("xtask: rust-src is missing from {TOOLCHAIN}; installing it");
         run(rustup().args(["component", "add", "rust-src", "--toolchain", TOOLCHAIN]))?;
@@ -45,6 +43,61 @@ pub fn ensure_ebpf_toolchain() -> Result<()> {
         install_linker(installed)?;
     }
     Ok(())
+}
+
+/// Nightly, rust-src, bpf-linker and nightly's LLVM as the doctor reports them; never installs.
+pub fn check() -> Vec<Finding> {
+    let finding = |name: &str, status| Finding::new(Kind::Toolchain, name, status);
+    let Some(version) = nightly_rustc(&["--version"]) else {
+        let missing = || Status::Missing(format!("no {TOOLCHAIN} toolchain (rustup)"));
+        return vec![
+            finding(TOOLCHAIN, missing()),
+            finding("rust-src", missing()),
+            finding(LINKER, linker_status()),
+        ];
+    };
+    let rust_src = match core_sources() {
+        Some(path) if path.is_file() => Status::Found(format!("in {TOOLCHAIN}'s sysroot")),
+        _ => Status::Missing(format!("rustup component add rust-src --toolchain {TOOLCHAIN}")),
+    };
+    let mut findings = vec![
+        finding(TOOLCHAIN, Status::Found(version.trim().to_owned())),
+        finding("rust-src", rust_src),
+        finding(LINKER, linker_status()),
+    ];
+    if let Some(llvm) = nightly_llvm() {
+        let status = if llvm.split('.').next() == Some(LINKER_LLVM_MAJOR) {
+            Status::Found(llvm)
+        } else {
+            Status::Missing(format!("LLVM {llvm}, but {LINKER} {LINKER_VERSION} needs LLVM {LINKER_LLVM_MAJOR}"))
+        };
+        findings.push(finding("nightly LLVM", status));
+    }
+    findings
+}
+
+fn linker_status() -> Status {
+    match linker_version() {
+        Some(version) if version == LINKER_VERSION => Status::Found(version),
+        Some(version) => Status::Missing(format!("{version} on PATH, {LINKER_VERSION} needed")),
+        None => Status::Missing(format!("not on PATH ({LINKER_VERSION} needed)")),
+    }
+}
+
+/// Where nightly keeps `core`'s sources, which `-Z build-std=core` compiles; `None` without
+/// nightly.
+fn core_sources() -> Option<PathBuf> {
+    let sysroot = nightly_rustc(&["--print", "sysroot"])?;
+    Some(PathBuf::from(sysroot.trim()).join("lib/rustlib/src/rust/library/core/Cargo.toml"))
+}
+
+/// The LLVM version nightly's rustc was built with.
+fn nightly_llvm() -> Option<String> {
+    let version = nightly_rustc(&["--version", "--verbose"])?;
+    version
+        .lines()
+        .find_map(|line| line.strip_prefix("LLVM version: "))
+        .map(str::to_owned)
 }
 
 /// Installs bpf-linker LINKER_VERSION with cargo, replacing the `installed` version if any.
@@ -92,13 +145,7 @@ fn linker_version() -> Option<String> {
 /// Warns when nightly's LLVM is not the one bpf-linker was built for: the link would fail later
 /// with an obscure error, so say why now.
 fn warn_on_llvm_mismatch() {
-    let Some(version) = nightly_rustc(&["--version", "--verbose"]) else {
-        return;
-    };
-    let Some(llvm) = version
-        .lines()
-        .find_map(|line| line.strip_prefix("LLVM version: "))
-    else {
+    let Some(llvm) = nightly_llvm() else {
         return;
     };
     if llvm.split('.').next() != Some(LINKER_LLVM_MAJOR) {
