@@ -5,9 +5,11 @@
 //! reacted and what the clients saw.
 //!
 //! Cleans up on exit, on error and on Ctrl-C, and at start removes what crashed runs left.
-//! `--keep` leaves the lab running for the CLI; `--cleanup` removes kept labs.
+//! `--keep` leaves the lab running for the CLI; `--cleanup` removes kept labs. Fails when a check
+//! of what it demonstrates does not hold (see `summary`).
 
 mod control;
+mod summary;
 mod topology;
 mod traffic;
 
@@ -21,6 +23,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use control::{check_interrupt, now_millis, sleep, Daemon, Event, Programs};
+use summary::{failed_checks, print_rows, Phase, Row};
 use topology::{backend_address, backend_name, Topology, BACKENDS, PORT, VIP};
 use traffic::{Settings, Snapshot, Stats};
 
@@ -291,18 +294,6 @@ fn wait_event(
     Ok(None)
 }
 
-/// One row of the summary.
-struct Row {
-    fault: String,
-    /// Fault to the daemon's event, ms.
-    detection: Option<u64>,
-    /// Verdict to published table, µs (from the event's timings).
-    published: Option<u64>,
-    /// Short requests answered and failed, established connections broken, in the window.
-    window: Snapshot,
-    note: String,
-}
-
 /// Sets the traffic's stop flag when dropped, so that the traffic ends on every path.
 struct StopOnDrop<'a>(&'a AtomicBool);
 
@@ -346,23 +337,32 @@ fn show(lab: &mut Lab, arguments: &Arguments) -> Result<()> {
         let _stop = StopOnDrop(&stop);
         let traffic = scope.spawn(|| traffic::run(&topology.client, settings, &stats, &stop));
         scope.spawn(|| report(&stats, &stop, settings.connections));
-        let result = match daemon {
+        let rows = match daemon {
             Some(daemon) => faults(topology, daemon, backends, &stats, phase),
             None => sleep(phase * 2).map(|()| {
-                print_rows(&[Row {
-                    fault: "steady (no daemon)".into(),
-                    detection: None,
-                    published: None,
+                vec![Row {
                     window: stats.snapshot(),
-                    note: String::new(),
-                }])
+                    ..Row::new(Phase::SteadyWithoutDaemon, "steady (no daemon)")
+                }]
             }),
         };
         stop.store(true, Ordering::Relaxed);
         let traffic = traffic
             .join()
             .map_err(|_| anyhow::anyhow!("the traffic panicked"))?;
-        result.and(traffic)
+        let rows = rows?;
+        traffic?;
+        println!();
+        print_rows(&rows);
+        let failures = failed_checks(&rows);
+        for failure in &failures {
+            println!("lab: check failed: {failure}");
+        }
+        if !failures.is_empty() {
+            bail!("{} of the lab's checks failed (see above)", failures.len());
+        }
+        println!("lab: every check held");
+        Ok(())
     })
 }
 
@@ -390,7 +390,7 @@ fn faults(
     backends: &mut [Option<Child>],
     stats: &Stats,
     phase: Duration,
-) -> Result<()> {
+) -> Result<Vec<Row>> {
     let dir = control::run_dir(std::process::id());
     let programs = Programs::find()?;
     let mut rows = Vec::new();
@@ -401,11 +401,8 @@ fn faults(
     let before = stats.snapshot();
     sleep(phase)?;
     rows.push(Row {
-        fault: "steady".into(),
-        detection: None,
-        published: None,
         window: stats.snapshot().since(&before),
-        note: String::new(),
+        ..Row::new(Phase::Steady, "steady")
     });
 
     // (1) Kill a backend: its probes fail, the daemon marks it down and republishes.
@@ -426,7 +423,7 @@ fn faults(
         before,
         t0,
         phase,
-        format!("kill {}", backend_name(victim)),
+        Row::new(Phase::KillBackend, format!("kill {}", backend_name(victim))),
         failover_of(victim, "down"),
     )?);
 
@@ -446,7 +443,7 @@ fn faults(
         before,
         t0,
         phase,
-        format!("restart {}", backend_name(victim)),
+        Row::new(Phase::RestartBackend, format!("restart {}", backend_name(victim))),
         failover_of(victim, "up"),
     )?);
 
@@ -465,7 +462,7 @@ fn faults(
         before,
         t0,
         phase,
-        format!("drain {}", backend_name(drained)),
+        Row::new(Phase::Drain, format!("drain {}", backend_name(drained))),
         |event| event.kind == "drain" && event.is_about(drained),
     )?);
     println!("==> undrain {}", backend_name(drained));
@@ -478,7 +475,7 @@ fn faults(
         before,
         t0,
         phase,
-        format!("undrain {}", backend_name(drained)),
+        Row::new(Phase::Undrain, format!("undrain {}", backend_name(drained))),
         |event| event.kind == "undrain" && event.is_about(drained),
     )?);
 
@@ -496,7 +493,7 @@ fn faults(
         before,
         t0,
         phase,
-        "kill -9 daemon".into(),
+        Row::new(Phase::KillDaemon, "kill -9 daemon"),
         |event| event.kind == "adopted" || event.kind == "started",
     )?;
     row.note = format!(
@@ -505,14 +502,9 @@ fn faults(
         down.failed
     );
     rows.push(row);
-
-    println!();
-    print_rows(&rows);
-    Ok(())
+    Ok(rows)
 }
 
-/// Waits for the daemon's reaction to a fault made at `t0`, watches the traffic for `phase`,
-/// and returns the row.
 /// Matches the daemon's failover event that takes backend `index` to `to` ("up" or "down").
 fn failover_of(index: usize, to: &'static str) -> impl Fn(&Event) -> bool {
     move |event| {
@@ -522,23 +514,18 @@ fn failover_of(index: usize, to: &'static str) -> impl Fn(&Event) -> bool {
     }
 }
 
+/// Waits for the daemon's reaction to a fault made at `t0`, watches the traffic for `phase`,
+/// and fills in `row`.
 fn reaction(
     daemon: &mut Daemon,
     stats: &Stats,
     before: Snapshot,
     t0: u64,
     phase: Duration,
-    fault: String,
+    mut row: Row,
     wanted: impl Fn(&Event) -> bool,
 ) -> Result<Row> {
     let event = wait_event(daemon, t0, wanted)?;
-    let mut row = Row {
-        fault,
-        detection: None,
-        published: None,
-        window: Snapshot::default(),
-        note: String::new(),
-    };
     match &event {
         Some(event) => {
             row.detection = Some(event.at.saturating_sub(t0));
@@ -571,28 +558,4 @@ fn reaction(
     sleep(phase)?;
     row.window = stats.snapshot().since(&before);
     Ok(row)
-}
-
-fn print_rows(rows: &[Row]) {
-    println!(
-        "{:<20} {:>10} {:>11} {:>8} {:>8} {:>7}  note",
-        "fault", "detection", "published", "ok", "failed", "broken"
-    );
-    for row in rows {
-        let detection = row.detection.map_or("-".into(), |ms| format!("{ms} ms"));
-        let published = row
-            .published
-            .map_or("-".into(), |us| format!("{:.2} ms", us as f64 / 1000.0));
-        println!(
-            "{:<20} {:>10} {:>11} {:>8} {:>8} {:>7}  {}",
-            row.fault,
-            detection,
-            published,
-            row.window.ok(),
-            row.window.failed,
-            row.window.broken,
-            row.note
-        );
-    }
-    println!("detection: fault to the daemon's event; published: verdict to the VIP's table published (daemon's timings); ok/failed: short requests; broken: established keep-alive connections that failed or changed backend.");
 }
