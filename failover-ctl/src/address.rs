@@ -31,6 +31,11 @@ pub fn from_words(words: &[u32; 4], family: u8) -> Option<IpAddr> {
     }
 }
 
+/// A MAC address as `02:00:5e:00:00:01`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(":")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,9 +50,4 @@ mod tests {
         assert_eq!(to_words("1.2.3.4".parse().unwrap()).0[0].to_ne_bytes(), [1, 2, 3, 4]);
         assert_eq!(from_words(&[0; 4], 9), None);
     }
-}
-
-/// A MAC address as `02:00:5e:00:00:01`.
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(":")
 }
