@@ -43,7 +43,9 @@ pub fn require_program(program: &str, package: &str) -> bool {
     if is_root() || in_ci() {
         panic!("{}", missing_program_message(program, package));
     }
-    skip(&format!("not root ({program} missing: Debian package {package})"));
+    skip(&format!(
+        "not root ({program} missing: Debian package {package})"
+    ));
     false
 }
 
@@ -104,7 +106,10 @@ fn skip(reason: &str) {
         // One write call per line: appends from concurrent test processes do not interleave.
         .and_then(|mut file| file.write_all(line.as_bytes()));
     if let Err(error) = written {
-        panic!("recording the skip in {} ({SKIP_LOG}): {error}", Path::new(&log).display());
+        panic!(
+            "recording the skip in {} ({SKIP_LOG}): {error}",
+            Path::new(&log).display()
+        );
     }
 }
 
@@ -118,7 +123,10 @@ pub fn skip_line(test: &str, reason: &str) -> String {
 fn current_test() -> String {
     let binary = env::current_exe()
         .ok()
-        .and_then(|path| path.file_name().map(|name| name.to_string_lossy().into_owned()))
+        .and_then(|path| {
+            path.file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+        })
         .unwrap_or_else(|| "unknown binary".to_owned());
     let thread = std::thread::current();
     let name = thread.name().unwrap_or("unnamed test");

@@ -10,7 +10,10 @@ pub fn run() -> Result<()> {
     for finding in &findings {
         println!("{}", finding.line());
     }
-    let missing = findings.iter().filter(|finding| finding.is_missing()).count();
+    let missing = findings
+        .iter()
+        .filter(|finding| finding.is_missing())
+        .count();
     if missing == 0 {
         println!("doctor: everything is there");
         return Ok(());

@@ -17,11 +17,31 @@ pub use toolchain::ensure as ensure_ebpf_toolchain;
 
 /// The Debian packages, one line each; a new tool the tests or the lab use is one more line.
 const PACKAGES: &[Package] = &[
-    Package { name: "iproute2", program: "ip", used_for: "namespaces, veth pairs, routes" },
-    Package { name: "procps", program: "sysctl", used_for: "per-namespace sysctls" },
-    Package { name: "ethtool", program: "ethtool", used_for: "checksum offload off on veth" },
-    Package { name: "bpftool", program: "bpftool", used_for: "inspecting loaded programs and maps" },
-    Package { name: "redis-server", program: "redis-server", used_for: "the Redis role-probe tests" },
+    Package {
+        name: "iproute2",
+        program: "ip",
+        used_for: "namespaces, veth pairs, routes",
+    },
+    Package {
+        name: "procps",
+        program: "sysctl",
+        used_for: "per-namespace sysctls",
+    },
+    Package {
+        name: "ethtool",
+        program: "ethtool",
+        used_for: "checksum offload off on veth",
+    },
+    Package {
+        name: "bpftool",
+        program: "bpftool",
+        used_for: "inspecting loaded programs and maps",
+    },
+    Package {
+        name: "redis-server",
+        program: "redis-server",
+        used_for: "the Redis role-probe tests",
+    },
 ];
 
 /// The task about to run, which decides what may be missing.
@@ -78,7 +98,10 @@ pub fn ensure(task: Task) -> Result<()> {
         .collect();
     let bpffs = system::check_bpffs();
     let missing = Missing {
-        packages: packages.iter().map(|package| package.name.to_owned()).collect(),
+        packages: packages
+            .iter()
+            .map(|package| package.name.to_owned())
+            .collect(),
         bpffs: bpffs.is_missing(),
     };
     let tolerated = task == Task::Test && !root && missing.packages.is_empty();
@@ -120,9 +143,14 @@ mod tests {
     fn every_package_names_a_program() {
         for package in PACKAGES {
             assert!(!package.name.is_empty() && !package.program.is_empty());
-            assert!(!package.program.contains('/'), "{}: a name looked up on PATH", package.name);
+            assert!(
+                !package.program.contains('/'),
+                "{}: a name looked up on PATH",
+                package.name
+            );
         }
-        let names: std::collections::BTreeSet<&str> = PACKAGES.iter().map(|package| package.name).collect();
+        let names: std::collections::BTreeSet<&str> =
+            PACKAGES.iter().map(|package| package.name).collect();
         assert_eq!(names.len(), PACKAGES.len(), "a package is listed twice");
     }
 
@@ -130,16 +158,34 @@ mod tests {
     fn the_doctor_summary_names_each_group() {
         use report::{Kind, Status};
         let findings = [
-            Finding::new(Kind::Package, "ethtool", Status::Missing("no ethtool".into())),
+            Finding::new(
+                Kind::Package,
+                "ethtool",
+                Status::Missing("no ethtool".into()),
+            ),
             Finding::new(Kind::Kernel, "BTF", Status::Missing("no vmlinux".into())),
-            Finding::new(Kind::Toolchain, "bpf-linker", Status::Missing("not on PATH".into())),
-            Finding::new(Kind::Toolchain, "nightly", Status::Found("rustc 1.97.0-nightly".into())),
+            Finding::new(
+                Kind::Toolchain,
+                "bpf-linker",
+                Status::Missing("not on PATH".into()),
+            ),
+            Finding::new(
+                Kind::Toolchain,
+                "nightly",
+                Status::Found("rustc 1.97.0-nightly".into()),
+            ),
         ];
         let lines = missing_summary(&findings);
         assert_eq!(lines.len(), 3, "{lines:?}");
-        assert!(lines[0].starts_with("missing: ethtool (Debian package); as root run: "), "{lines:?}");
+        assert!(
+            lines[0].starts_with("missing: ethtool (Debian package); as root run: "),
+            "{lines:?}"
+        );
         assert!(lines[1].starts_with("the kernel lacks BTF"), "{lines:?}");
-        assert!(lines[2].contains("bpf-linker") && !lines[2].contains("nightly"), "{lines:?}");
+        assert!(
+            lines[2].contains("bpf-linker") && !lines[2].contains("nightly"),
+            "{lines:?}"
+        );
         assert!(missing_summary(&findings[3..]).is_empty());
     }
 }

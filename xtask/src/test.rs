@@ -62,7 +62,10 @@ fn read_skips(log: &Path) -> Result<Vec<String>> {
 
 /// The non-empty lines of the skip log.
 fn skip_lines(text: &str) -> Vec<String> {
-    text.lines().filter(|line| !line.trim().is_empty()).map(str::to_owned).collect()
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The last line of every run, also when nothing skipped.

@@ -107,7 +107,11 @@ impl Phase {
 /// it claims.
 pub fn failed_checks(rows: &[Row]) -> Vec<String> {
     rows.iter()
-        .flat_map(|row| broken_promises(row).into_iter().map(move |what| format!("{}: {what}", row.fault)))
+        .flat_map(|row| {
+            broken_promises(row)
+                .into_iter()
+                .map(move |what| format!("{}: {what}", row.fault))
+        })
         .collect()
 }
 
@@ -115,7 +119,10 @@ fn broken_promises(row: &Row) -> Vec<String> {
     let promise = row.phase.promise();
     let mut broken = Vec::new();
     if promise.no_failed_requests && row.window.failed > 0 {
-        broken.push(format!("{} requests failed, expected none", row.window.failed));
+        broken.push(format!(
+            "{} requests failed, expected none",
+            row.window.failed
+        ));
     }
     if promise.every_backend_serves {
         let idle: Vec<String> = (0..row.window.answered.len())
@@ -141,7 +148,11 @@ mod tests {
     fn row(phase: Phase, answered: [u64; 3], failed: u64, detection: Option<u64>) -> Row {
         Row {
             detection,
-            window: Snapshot { answered, failed, ..Snapshot::default() },
+            window: Snapshot {
+                answered,
+                failed,
+                ..Snapshot::default()
+            },
             ..Row::new(phase, format!("{phase:?}"))
         }
     }

@@ -37,7 +37,9 @@ fn release() -> String {
         return format!("unknown ({})", std::io::Error::last_os_error());
     }
     // SAFETY: uname NUL-terminates the field.
-    unsafe { CStr::from_ptr(name.release.as_ptr()) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(name.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn file_feature(name: &str, path: &str, config: &str) -> Finding {
@@ -83,9 +85,19 @@ const XDP_PASS: i32 = 2;
 fn xdp(root: bool) -> Finding {
     let program = [
         // BPF_ALU64 | BPF_MOV | BPF_K: r0 = XDP_PASS.
-        Instruction { code: 0xb7, registers: 0, offset: 0, immediate: XDP_PASS },
+        Instruction {
+            code: 0xb7,
+            registers: 0,
+            offset: 0,
+            immediate: XDP_PASS,
+        },
         // BPF_JMP | BPF_EXIT.
-        Instruction { code: 0x95, registers: 0, offset: 0, immediate: 0 },
+        Instruction {
+            code: 0x95,
+            registers: 0,
+            offset: 0,
+            immediate: 0,
+        },
     ];
     let license = c"GPL";
     let attribute = ProgramLoad {
@@ -131,7 +143,9 @@ fn veth(root: bool) -> Finding {
         create_veth_pair()
     } else if Path::new("/sys/module/veth").exists() {
         Status::Found("module loaded".to_owned())
-    } else if fs::read_to_string("/proc/kallsyms").is_ok_and(|symbols| symbols.contains(" veth_xmit")) {
+    } else if fs::read_to_string("/proc/kallsyms")
+        .is_ok_and(|symbols| symbols.contains(" veth_xmit"))
+    {
         Status::Found("built into the kernel".to_owned())
     } else {
         Status::Unchecked("creating a veth pair to prove it needs root".to_owned())
@@ -145,7 +159,9 @@ fn create_veth_pair() -> Status {
     };
     let mut command = Command::new(ip);
     command
-        .args(["link", "add", "doctor0", "type", "veth", "peer", "name", "doctor1"])
+        .args([
+            "link", "add", "doctor0", "type", "veth", "peer", "name", "doctor1",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     // SAFETY: unshare is a plain system call, safe between fork and exec. The child gets a

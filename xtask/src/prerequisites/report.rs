@@ -56,7 +56,11 @@ pub struct Finding {
 
 impl Finding {
     pub fn new(kind: Kind, name: impl Into<String>, status: Status) -> Self {
-        Self { kind, name: name.into(), status }
+        Self {
+            kind,
+            name: name.into(),
+            status,
+        }
     }
 
     pub fn is_missing(&self) -> bool {
@@ -70,7 +74,11 @@ impl Finding {
             Status::Missing(text) => ("missing", text),
             Status::Unchecked(text) => ("unchecked", text),
         };
-        format!("{state:<9} {:<9} {:<14} {text}", self.kind.to_string(), self.name)
+        format!(
+            "{state:<9} {:<9} {:<14} {text}",
+            self.kind.to_string(),
+            self.name
+        )
     }
 }
 
@@ -93,9 +101,15 @@ pub enum Blocker {
 impl Missing {
     /// The installable part of `findings`: missing packages and an unmounted bpffs.
     pub fn from_findings(findings: &[Finding]) -> Self {
-        let missing = |kind| findings.iter().filter(move |finding| finding.kind == kind && finding.is_missing());
+        let missing = |kind| {
+            findings
+                .iter()
+                .filter(move |finding| finding.kind == kind && finding.is_missing())
+        };
         Self {
-            packages: missing(Kind::Package).map(|finding| finding.name.clone()).collect(),
+            packages: missing(Kind::Package)
+                .map(|finding| finding.name.clone())
+                .collect(),
             bpffs: missing(Kind::Mount).next().is_some(),
         }
     }
@@ -108,7 +122,11 @@ impl Missing {
     pub fn list(&self) -> String {
         let mut parts = Vec::new();
         if !self.packages.is_empty() {
-            let noun = if self.packages.len() == 1 { "Debian package" } else { "Debian packages" };
+            let noun = if self.packages.len() == 1 {
+                "Debian package"
+            } else {
+                "Debian packages"
+            };
             parts.push(format!("{} ({noun})", self.packages.join(", ")));
         }
         if self.bpffs {
@@ -190,10 +208,17 @@ mod tests {
         vec![
             package("iproute2", Status::Found("6.1.0-3".into())),
             package("ethtool", Status::Missing("no ethtool on PATH".into())),
-            package("redis-server", Status::Missing("no redis-server on PATH".into())),
+            package(
+                "redis-server",
+                Status::Missing("no redis-server on PATH".into()),
+            ),
             Finding::new(Kind::Mount, "bpffs", Status::Missing("not mounted".into())),
             Finding::new(Kind::Kernel, "XDP", Status::Unchecked("needs root".into())),
-            Finding::new(Kind::Toolchain, "bpf-linker", Status::Missing("not on PATH".into())),
+            Finding::new(
+                Kind::Toolchain,
+                "bpf-linker",
+                Status::Missing("not on PATH".into()),
+            ),
         ]
     }
 
@@ -216,23 +241,39 @@ mod tests {
              apt-get update && apt-get install -y ethtool redis-server && mount -t bpf bpf /sys/fs/bpf \
              (cargo xtask lab, test and bench do it themselves as root)"
         );
-        let only_mount = Missing { packages: Vec::new(), bpffs: true };
+        let only_mount = Missing {
+            packages: Vec::new(),
+            bpffs: true,
+        };
         assert_eq!(only_mount.install_command(), "mount -t bpf bpf /sys/fs/bpf");
         assert_eq!(only_mount.list(), "bpffs at /sys/fs/bpf");
-        let one = Missing { packages: vec!["ethtool".into()], bpffs: false };
+        let one = Missing {
+            packages: vec!["ethtool".into()],
+            bpffs: false,
+        };
         assert_eq!(one.list(), "ethtool (Debian package)");
-        assert_eq!(one.install_command(), "apt-get update && apt-get install -y ethtool");
+        assert_eq!(
+            one.install_command(),
+            "apt-get update && apt-get install -y ethtool"
+        );
         let message = missing.message(Blocker::NoAptGet);
         assert!(message.contains("apt-get is not available"), "{message}");
         assert!(message.contains("(ethtool redis-server)"), "{message}");
-        assert!(message.ends_with(", then mount -t bpf bpf /sys/fs/bpf"), "{message}");
+        assert!(
+            message.ends_with(", then mount -t bpf bpf /sys/fs/bpf"),
+            "{message}"
+        );
     }
 
     #[test]
     fn kernel_features_are_reported_not_installed() {
         assert_eq!(kernel_message(&survey()), None, "unchecked is not missing");
         let findings = [
-            Finding::new(Kind::Kernel, "BTF", Status::Missing("no /sys/kernel/btf/vmlinux".into())),
+            Finding::new(
+                Kind::Kernel,
+                "BTF",
+                Status::Missing("no /sys/kernel/btf/vmlinux".into()),
+            ),
             Finding::new(Kind::Kernel, "veth", Status::Found("created a pair".into())),
         ];
         assert_eq!(
@@ -243,9 +284,18 @@ mod tests {
 
     #[test]
     fn reads_dpkg_status() {
-        assert_eq!(parse_dpkg_status("install ok installed\t1:6.1.0-3\n").as_deref(), Some("1:6.1.0-3"));
-        assert_eq!(parse_dpkg_status("install ok installed\t5:7.0.15-1~deb12u1").as_deref(), Some("5:7.0.15-1~deb12u1"));
-        assert_eq!(parse_dpkg_status("deinstall ok config-files\t1:6.1.0-3"), None);
+        assert_eq!(
+            parse_dpkg_status("install ok installed\t1:6.1.0-3\n").as_deref(),
+            Some("1:6.1.0-3")
+        );
+        assert_eq!(
+            parse_dpkg_status("install ok installed\t5:7.0.15-1~deb12u1").as_deref(),
+            Some("5:7.0.15-1~deb12u1")
+        );
+        assert_eq!(
+            parse_dpkg_status("deinstall ok config-files\t1:6.1.0-3"),
+            None
+        );
         assert_eq!(parse_dpkg_status("install ok half-installed\t1.0"), None);
         assert_eq!(parse_dpkg_status("unknown ok not-installed\t"), None);
         assert_eq!(parse_dpkg_status(""), None);
@@ -256,7 +306,10 @@ mod tests {
     fn doctor_lines_show_state_name_and_version() {
         let line = package("ethtool", Status::Found("1:6.1-1".into())).line();
         assert!(line.starts_with("found "), "{line}");
-        assert!(line.contains("ethtool") && line.ends_with("1:6.1-1"), "{line}");
+        assert!(
+            line.contains("ethtool") && line.ends_with("1:6.1-1"),
+            "{line}"
+        );
         let line = survey()[4].line();
         assert!(line.starts_with("unchecked kernel"), "{line}");
     }

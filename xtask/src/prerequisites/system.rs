@@ -40,19 +40,25 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
 pub fn check_package(package: &Package) -> Finding {
     let status = match (find_program(package.program), dpkg_version(package.name)) {
         (Some(_), Some(version)) => Status::Found(version),
-        (Some(path), None) => Status::Found(format!("{} (not from a Debian package)", path.display())),
+        (Some(path), None) => {
+            Status::Found(format!("{} (not from a Debian package)", path.display()))
+        }
         (None, Some(version)) => Status::Missing(format!(
             "dpkg has {} {version}, but `{}` is not on PATH",
             package.name, package.program
         )),
-        (None, None) => Status::Missing(format!("`{}` not found ({})", package.program, package.used_for)),
+        (None, None) => Status::Missing(format!(
+            "`{}` not found ({})",
+            package.program, package.used_for
+        )),
     };
     Finding::new(Kind::Package, package.name, status)
 }
 
 /// The installed version dpkg reports, or `None` (not installed, or no dpkg).
 fn dpkg_version(package: &str) -> Option<String> {
-    let output = probe(Command::new("dpkg-query").args(["-W", "-f=${Status}\t${Version}", package]))?;
+    let output =
+        probe(Command::new("dpkg-query").args(["-W", "-f=${Status}\t${Version}", package]))?;
     parse_dpkg_status(&output)
 }
 
@@ -65,7 +71,10 @@ pub fn has_apt_get() -> bool {
 /// that each package's program is there.
 pub fn install(missing: &[&Package]) -> Result<()> {
     for package in missing {
-        eprintln!("xtask: installing {} (Debian package {})", package.program, package.name);
+        eprintln!(
+            "xtask: installing {} (Debian package {})",
+            package.program, package.name
+        );
     }
     let apt_get = || {
         let mut command = Command::new("apt-get");
@@ -84,7 +93,10 @@ pub fn install(missing: &[&Package]) -> Result<()> {
         .map(|package| format!("{} (from {})", package.program, package.name))
         .collect();
     if !still.is_empty() {
-        bail!("apt-get installed the packages, but these programs are still not found: {}", still.join(", "));
+        bail!(
+            "apt-get installed the packages, but these programs are still not found: {}",
+            still.join(", ")
+        );
     }
     Ok(())
 }
@@ -93,7 +105,9 @@ pub fn install(missing: &[&Package]) -> Result<()> {
 pub fn check_bpffs() -> Finding {
     let status = match filesystem_magic(Path::new(BPFFS)) {
         Ok(magic) if magic == BPF_FS_MAGIC => Status::Found(format!("mounted at {BPFFS}")),
-        Ok(magic) => Status::Missing(format!("not mounted at {BPFFS} (the file system there has magic {magic:#x})")),
+        Ok(magic) => Status::Missing(format!(
+            "not mounted at {BPFFS} (the file system there has magic {magic:#x})"
+        )),
         Err(error) => Status::Missing(format!("{error:#}")),
     };
     Finding::new(Kind::Mount, "bpffs", status)
@@ -119,7 +133,13 @@ pub fn mount_bpffs() -> Result<()> {
     let target = CString::new(BPFFS)?;
     // SAFETY: valid C strings; no data argument.
     let result = unsafe {
-        libc::mount(source.as_ptr(), target.as_ptr(), source.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            source.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if result != 0 {
         let error = std::io::Error::last_os_error();

@@ -58,7 +58,9 @@ pub fn check() -> Vec<Finding> {
     };
     let rust_src = match core_sources() {
         Some(path) if path.is_file() => Status::Found(format!("in {TOOLCHAIN}'s sysroot")),
-        _ => Status::Missing(format!("rustup component add rust-src --toolchain {TOOLCHAIN}")),
+        _ => Status::Missing(format!(
+            "rustup component add rust-src --toolchain {TOOLCHAIN}"
+        )),
     };
     let mut findings = vec![
         finding(TOOLCHAIN, Status::Found(version.trim().to_owned())),
@@ -69,7 +71,9 @@ pub fn check() -> Vec<Finding> {
         let status = if llvm.split('.').next() == Some(LINKER_LLVM_MAJOR) {
             Status::Found(llvm)
         } else {
-            Status::Missing(format!("LLVM {llvm}, but {LINKER} {LINKER_VERSION} needs LLVM {LINKER_LLVM_MAJOR}"))
+            Status::Missing(format!(
+                "LLVM {llvm}, but {LINKER} {LINKER_VERSION} needs LLVM {LINKER_LLVM_MAJOR}"
+            ))
         };
         findings.push(finding("nightly LLVM", status));
     }
