@@ -1,8 +1,10 @@
 //! Shared support for the integration tests: a loaded data plane with a standard
 //! configuration, packet builders (etherparse), the expected-output builders for encapsulation,
-//! and `test_run` with a hex diff on mismatch.
+//! and `test_run` with a hex diff on mismatch; `craft` builds fixture packets, `fuzz` is the
+//! data-plane fuzzer (`cargo xtask fuzz`, `tests/fuzz.rs`).
 
 pub mod craft;
+pub mod fuzz;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
