@@ -1,9 +1,10 @@
-//! Developer tasks for failover, run as `cargo xtask <task>`: check the host, build the eBPF objects, run the tests, run the benchmarks, run the live lab.
+//! Developer tasks for failover, run as `cargo xtask <task>`: check the host, build the eBPF objects, run the tests, run the benchmarks, run the live lab, fuzz the data plane.
 
 mod bench;
 mod build_ebpf;
 mod command;
 mod doctor;
+mod fuzz;
 mod lab;
 mod prerequisites;
 mod test;
@@ -33,6 +34,10 @@ enum Task {
     /// injected in turn (needs root; installs what is missing first). Fails when a check of
     /// what it demonstrates fails.
     Lab(lab::Arguments),
+    /// Fuzz the XDP program: seeded frames (valid, mutated, random) through
+    /// `BPF_PROG_TEST_RUN`, every output checked against the README's rules (needs root;
+    /// installs what is missing first). Fails on any violation.
+    Fuzz(fuzz::Arguments),
     /// List every prerequisite (packages, bpffs, kernel features, eBPF toolchain) as found or
     /// missing, with versions; fails when anything is missing. Installs nothing.
     Doctor,
@@ -44,6 +49,7 @@ fn main() -> ExitCode {
         Task::Test(arguments) => test::run(arguments),
         Task::Bench(arguments) => bench::run(arguments),
         Task::Lab(arguments) => lab::run(arguments),
+        Task::Fuzz(arguments) => fuzz::run(arguments),
         Task::Doctor => doctor::run(),
     };
     match result {

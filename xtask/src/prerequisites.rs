@@ -50,6 +50,7 @@ pub enum Task {
     Lab,
     Test,
     Bench,
+    Fuzz,
 }
 
 /// Every prerequisite and its state, in the order the doctor prints them. Never installs.
