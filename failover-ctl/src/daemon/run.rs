@@ -103,7 +103,7 @@ fn links(paths: InstancePaths, netlink: Arc<Netlink>, runtime: tokio::runtime::H
 }
 
 /// The metrics text: the daemon's status plus the counters read from the pinned maps.
-fn render(status: &Status, view: &PinnedView) -> String {
+fn render(status: Status, view: &PinnedView) -> String {
     let counters = view.counters();
     let mut traffic = Traffic { vips: BTreeMap::new(), backends: BTreeMap::new(), reasons: counters.reasons().unwrap_or_default() };
     for vip in &status.vips {
@@ -116,7 +116,7 @@ fn render(status: &Status, view: &PinnedView) -> String {
             }
         }
     }
-    metrics::render(status, &traffic)
+    metrics::render(status, traffic)
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. A configuration or load error stops it before the
@@ -202,10 +202,10 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             Ok(listener) => {
                 let view = Arc::new(Mutex::new(view));
                 let shared = shared.clone();
-                let source = Arc::new(move || {
+                let source: metrics::Render = Arc::new(move || {
                     let status = shared.lock().map(|status| status.clone()).unwrap_or_default();
                     match view.lock() {
-                        Ok(view) => render(&status, &view),
+                        Ok(view) => render(status, &view),
                         Err(_) => String::new(),
                     }
                 });
