@@ -42,6 +42,11 @@ const PACKAGES: &[Package] = &[
         program: "redis-server",
         used_for: "the Redis role-probe tests",
     },
+    Package {
+        name: "prometheus",
+        program: "promtool",
+        used_for: "checking the metrics, the alert rules and their unit tests",
+    },
 ];
 
 /// The task about to run, which decides what may be missing.
