@@ -3,6 +3,7 @@ pub mod address;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod election;
 pub mod grace;
 pub mod sys;
 pub mod loader;
