@@ -12,15 +12,7 @@ use failover_ebpf::{
     verdict::Verdict,
 };
 
-use crate::lb;
-
-/// The flow to forward: a service packet's own, or the one an ICMP error is about (filled in
-/// by `handle` for `needs_routing`).
-#[derive(Clone, Copy)]
-pub struct Routed {
-    pub meta: VipMeta,
-    pub key: FlowKey,
-}
+use crate::{flow::Routed, vip};
 
 /// ICMP addressed to a VIP address.
 ///
@@ -34,7 +26,7 @@ pub fn handle(ctx: &XdpContext, l3: &L3, l4: &L4, routed: &mut Routed) -> Verdic
     let kind = l4.icmp_type;
     let echo = if v4 { kind == ICMP_ECHO_REQUEST } else { kind == ICMPV6_ECHO_REQUEST };
     if echo {
-        return match lb::address_entry(l3.family, &l3.destination) {
+        return match vip::address_entry(l3.family, &l3.destination) {
             Some(meta) if meta.flags & VIP_OWNED != 0 => echo_reply(ctx, l3),
             Some(_) => Verdict::pass(stats::PASS_NOT_OWNED),
             None => Verdict::pass(stats::PASS_NOT_VIP),
@@ -48,7 +40,7 @@ pub fn handle(ctx: &XdpContext, l3: &L3, l4: &L4, routed: &mut Routed) -> Verdic
     if error {
         return route_error(ctx, l3, routed);
     }
-    match lb::address_entry(l3.family, &l3.destination) {
+    match vip::address_entry(l3.family, &l3.destination) {
         Some(_) => Verdict::pass(stats::PASS_ICMP_OTHER),
         None => Verdict::pass(stats::PASS_NOT_VIP),
     }
@@ -113,13 +105,13 @@ fn echo_reply(ctx: &XdpContext, l3: &L3) -> Verdict {
 /// PASS_NOT_OWNED | PASS_ICMP_OTHER)`.
 #[inline(always)]
 fn route_error(ctx: &XdpContext, l3: &L3, routed: &mut Routed) -> Verdict {
-    let address = lb::address_entry(l3.family, &l3.destination);
+    let address = vip::address_entry(l3.family, &l3.destination);
     if address.is_none() {
         return Verdict::pass(stats::PASS_NOT_VIP);
     }
     // Dropped at a VIP address this node owns; otherwise the kernel decides, as for any of its
     // traffic.
-    let unroutable = lb::unusable_at(address, stats::DROP_ICMP_ERROR_UNROUTABLE);
+    let unroutable = vip::unusable_at(address, stats::DROP_ICMP_ERROR_UNROUTABLE);
     let inner = l3.l4_offset() + ICMP_LEN;
     let (protocol, vip, client, ports_offset) = if l3.family == FAMILY_IPV4 {
         let Some(ip) = at::<Ipv4Header>(ctx, inner) else { return unroutable };
@@ -155,7 +147,7 @@ fn route_error(ctx: &XdpContext, l3: &L3, routed: &mut Routed) -> Verdict {
     let Some(ports) = at::<Ports>(ctx, ports_offset) else { return unroutable };
     // SAFETY: checked by `at`.
     let (vip_port, client_port) = unsafe { ((*ports).source, (*ports).destination) };
-    let Some(meta) = lb::lookup_vip(l3.family, &vip, vip_port, protocol) else {
+    let Some(meta) = vip::lookup_vip(l3.family, &vip, vip_port, protocol) else {
         return Verdict::pass(stats::PASS_ICMP_OTHER);
     };
     routed.meta = meta;

@@ -1,15 +1,23 @@
-//! VIP lookup and backend choice: flow table first, then the VIP's Maglev table, skipping
-//! backends that are not live.
+//! The service path of VIP traffic: parse what the VIP lookup needs, hand ICMP to `icmp`, then
+//! choose the backend (flow table first, then the VIP's Maglev table, skipping backends that are
+//! not live) and forward.
 
 use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use failover_common::{hash, maps::*, stats};
 use failover_ebpf::{
     headers::IPV4_FRAGMENT_MASK_BE,
-    parse::{self, L3, L4},
+    parse::{self, L3},
     verdict::Verdict,
 };
 
-use crate::{encap, icmp, maps::*, stats as count};
+use crate::{
+    encap,
+    flow::flow_key,
+    icmp,
+    maps::*,
+    stats as count,
+    vip::{lookup_vip, may_be_vip_address, unusable},
+};
 
 /// Handles one packet.
 ///
@@ -28,40 +36,6 @@ pub fn process(ctx: &XdpContext) -> Verdict {
         return Verdict::pass(stats::PASS_IPV6_EXTENSION);
     }
     vip_traffic(ctx, &l3)
-}
-
-/// The cheap pre-check: one inlined array load.
-#[inline(always)]
-fn may_be_vip_address(address: &[u32; 4]) -> bool {
-    match ADDRESS_FILTER.get(hash::address_filter_index(address)) {
-        Some(bit) => *bit != 0,
-        None => false,
-    }
-}
-
-/// The address entry of a VIP address (see `VipKey`), if the address is a VIP.
-#[inline(always)]
-pub fn address_entry(family: u8, address: &[u32; 4]) -> Option<VipMeta> {
-    let key = VipKey { address: *address, port: 0, protocol: PROTOCOL_ADDRESS, family };
-    // SAFETY: the value is copied out at once.
-    VIPS.get_ptr(key).map(|meta| unsafe { *meta })
-}
-
-/// What to do with a packet that is unusable: drop it if it is traffic for a VIP this node
-/// owns, otherwise leave it to the kernel as if we were not here.
-#[inline(always)]
-fn unusable(l3: &L3, reason: u32) -> Verdict {
-    unusable_at(address_entry(l3.family, &l3.destination), reason)
-}
-
-/// `unusable` for a destination whose address entry (`address`) was already looked up.
-#[inline(always)]
-pub fn unusable_at(address: Option<VipMeta>, reason: u32) -> Verdict {
-    match address {
-        Some(meta) if meta.flags & VIP_OWNED != 0 => Verdict::drop(reason),
-        Some(_) => Verdict::pass(stats::PASS_NOT_OWNED),
-        None => Verdict::pass(stats::PASS_NOT_VIP),
-    }
 }
 
 #[inline(always)]
@@ -120,33 +94,6 @@ fn vip_traffic(ctx: &XdpContext, l3: &L3) -> Verdict {
 #[inline(always)]
 fn is_icmp(l3: &L3) -> bool {
     (l3.family == FAMILY_IPV4 && l3.protocol == PROTOCOL_ICMP) || (l3.family == FAMILY_IPV6 && l3.protocol == PROTOCOL_ICMPV6)
-}
-
-/// The VIP for (address, port, protocol), falling back to the all-ports VIP of that address.
-/// `protocol` must be TCP or UDP: any other value could match an address entry.
-#[inline(always)]
-pub fn lookup_vip(family: u8, address: &[u32; 4], port: u16, protocol: u8) -> Option<VipMeta> {
-    let mut key = VipKey { address: *address, port, protocol, family };
-    if let Some(meta) = VIPS.get_ptr(key) {
-        // SAFETY: copied out at once.
-        return Some(unsafe { *meta });
-    }
-    key.port = 0;
-    // SAFETY: copied out at once.
-    VIPS.get_ptr(key).map(|meta| unsafe { *meta })
-}
-
-#[inline(always)]
-fn flow_key(l3: &L3, l4: &L4) -> FlowKey {
-    FlowKey {
-        source: l3.source,
-        destination: l3.destination,
-        source_port: l4.source_port,
-        destination_port: l4.destination_port,
-        protocol: l3.protocol,
-        family: l3.family,
-        _padding: [0; 2],
-    }
 }
 
 /// Forwards a packet of a VIP service flow. `track` is false for ICMP errors, which must

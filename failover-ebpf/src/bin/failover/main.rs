@@ -4,10 +4,12 @@
 #![no_main]
 
 mod encap;
+mod flow;
 mod icmp;
 mod lb;
 mod maps;
 mod stats;
+mod vip;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use failover_ebpf::packet::frame_len;

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use failover_common::{maps::*, stats::REASON_COUNT};
 
-use crate::icmp::Routed;
+use crate::flow::Routed;
 
 /// (address, port, protocol) -> VIP id, flags and active table region. Controller writes;
 /// no-prealloc so a replaced value is freed after an RCU grace period, never recycled under a

@@ -1,0 +1,56 @@
+//! Is this destination a VIP: the address filter, the address entry and the service lookup in
+//! `VIPS`, and what to do with an unusable packet depending on the answer. Used by the service
+//! path (`lb`) and the ICMP path (`icmp`) alike.
+
+use failover_common::{hash, maps::*, stats};
+use failover_ebpf::{parse::L3, verdict::Verdict};
+
+use crate::maps::{ADDRESS_FILTER, VIPS};
+
+/// The cheap pre-check: one inlined array load.
+#[inline(always)]
+pub fn may_be_vip_address(address: &[u32; 4]) -> bool {
+    match ADDRESS_FILTER.get(hash::address_filter_index(address)) {
+        Some(bit) => *bit != 0,
+        None => false,
+    }
+}
+
+/// The address entry of a VIP address (see `VipKey`), if the address is a VIP.
+#[inline(always)]
+pub fn address_entry(family: u8, address: &[u32; 4]) -> Option<VipMeta> {
+    let key = VipKey { address: *address, port: 0, protocol: PROTOCOL_ADDRESS, family };
+    // SAFETY: the value is copied out at once.
+    VIPS.get_ptr(key).map(|meta| unsafe { *meta })
+}
+
+/// The VIP for (address, port, protocol), falling back to the all-ports VIP of that address.
+/// `protocol` must be TCP or UDP: any other value could match an address entry.
+#[inline(always)]
+pub fn lookup_vip(family: u8, address: &[u32; 4], port: u16, protocol: u8) -> Option<VipMeta> {
+    let mut key = VipKey { address: *address, port, protocol, family };
+    if let Some(meta) = VIPS.get_ptr(key) {
+        // SAFETY: copied out at once.
+        return Some(unsafe { *meta });
+    }
+    key.port = 0;
+    // SAFETY: copied out at once.
+    VIPS.get_ptr(key).map(|meta| unsafe { *meta })
+}
+
+/// What to do with a packet that is unusable: drop it if it is traffic for a VIP this node
+/// owns, otherwise leave it to the kernel as if we were not here.
+#[inline(always)]
+pub fn unusable(l3: &L3, reason: u32) -> Verdict {
+    unusable_at(address_entry(l3.family, &l3.destination), reason)
+}
+
+/// `unusable` for a destination whose address entry (`address`) was already looked up.
+#[inline(always)]
+pub fn unusable_at(address: Option<VipMeta>, reason: u32) -> Verdict {
+    match address {
+        Some(meta) if meta.flags & VIP_OWNED != 0 => Verdict::drop(reason),
+        Some(_) => Verdict::pass(stats::PASS_NOT_OWNED),
+        None => Verdict::pass(stats::PASS_NOT_VIP),
+    }
+}
