@@ -24,6 +24,8 @@ mod raw;
 mod report;
 #[cfg(feature = "bench")]
 mod setup;
+#[cfg(feature = "bench")]
+mod statistics;
 
 #[derive(clap::Args)]
 pub struct Arguments {

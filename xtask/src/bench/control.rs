@@ -16,7 +16,7 @@ use failover_ctl::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::{harness::median, measure, report::ControlRow};
+use super::{measure, report::ControlRow, statistics::median};
 
 /// Backend counts of the Maglev scenario.
 const MAGLEV_BACKENDS: [usize; 3] = [10, 100, 1000];

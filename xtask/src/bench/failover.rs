@@ -18,17 +18,15 @@ use failover_ctl::{
 };
 use tokio::sync::mpsc;
 
-use super::{harness::median, report::ControlRow};
+use super::{
+    report::ControlRow,
+    statistics::{median, percentile},
+};
 
 const BACKENDS: usize = 100;
 const ROUNDS: usize = 400;
 /// The target for the verdict-to-published latency, p99.
 const TARGET_US: f64 = 1000.0;
-
-fn percentile(sorted: &[f64], share: f64) -> f64 {
-    let index = ((sorted.len() as f64 - 1.0) * share).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
 
 fn configuration() -> String {
     let mut text = String::from(

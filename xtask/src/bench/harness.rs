@@ -9,12 +9,13 @@ use anyhow::{ensure, Context as _, Result};
 use failover_common::stats;
 
 use super::{
-    control,
+    control, failover,
     lab::Lab,
     measure::{self, Method, Program, Sample, Variation},
     raw::{self, XDP_PASS, XDP_TX},
     report::{self, Row},
     setup::{self, Kind, LoadBalancer, CLIENT4, CLIENT6, OTHER4, OTHER6, VIP4, VIP6},
+    statistics::median,
     Group,
 };
 
@@ -76,7 +77,7 @@ pub fn run(json: bool, groups: &[Group]) -> Result<()> {
         notes.push(note);
     }
     if groups.contains(&Group::Failover) {
-        let (rows, note) = super::failover::verdict_to_publish()?;
+        let (rows, note) = failover::verdict_to_publish()?;
         control_rows.extend(rows);
         notes.push(note);
     }
@@ -238,12 +239,6 @@ fn check_new_flows(balancer: &mut LoadBalancer, packets: u32, round: usize, what
         None => totals.push(Inserted { name: what, packets, fewest: inserted, most: inserted, backends: (backends, backends) }),
     }
     Ok(())
-}
-
-pub(super) fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    if values.len() % 2 == 1 { values[middle] } else { (values[middle - 1] + values[middle]) / 2.0 }
 }
 
 fn row(scenario: &'static str, method: &'static str, packets: u32, mut kernel: Vec<f64>, mut wall: Vec<f64>) -> Row {
