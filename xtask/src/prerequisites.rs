@@ -47,6 +47,11 @@ const PACKAGES: &[Package] = &[
         program: "promtool",
         used_for: "checking the metrics, the alert rules and their unit tests",
     },
+    Package {
+        name: "keepalived",
+        program: "keepalived",
+        used_for: "the VRRP peer our elections are proven against",
+    },
 ];
 
 /// The task about to run, which decides what may be missing.
