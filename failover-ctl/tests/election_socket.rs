@@ -1,7 +1,8 @@
 //! The VRRP socket on real interfaces: two network namespaces joined by a veth pair, adverts
 //! sent by one side and read by the other (multicast and unicast, IPv4 and IPv6), with the TTL /
 //! hop limit and the destination the receive checks need, and keepalived 2.2.7 decoding what we
-//! send (it logs nothing against our adverts and stays backup under a higher priority).
+//! send (it logs nothing against our adverts and stays backup under a higher priority); and
+//! gratuitous ARP / unsolicited NA moving a neighbour's cache entry to our MAC.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -10,6 +11,7 @@ use std::{
 };
 
 use failover_ctl::election::{
+    announce::Announcer,
     codec::{self, Advert, ChecksumForm, MULTICAST_V4, MULTICAST_V6},
     socket::{Datagram, VrrpSocket},
 };
@@ -192,5 +194,48 @@ fn keepalived_accepts_our_adverts_and_stays_backup() {
     assert!(!log.contains("Entering MASTER STATE"), "keepalived took over, so it rejected our adverts:\n{log}");
     for complaint in ["checksum", "invalid", "bad", "mismatch", "received lower"] {
         assert!(!log.to_lowercase().contains(complaint), "keepalived complained ({complaint}):\n{log}");
+    }
+}
+
+/// The MAC `namespace` has in its neighbour table for `address` on `interface`.
+fn neighbour_mac(namespace: &Namespace, interface: &str, address: IpAddr) -> Option<String> {
+    let family = if address.is_ipv4() { "-4" } else { "-6" };
+    let output = namespace.exec(&["ip", family, "neigh", "show", "to", &address.to_string(), "dev", interface]).unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    words.find(|word| *word == "lladdr").and(words.next()).map(str::to_owned)
+}
+
+#[test]
+fn announcements_move_a_neighbours_cache_entry_to_our_mac() {
+    if !prerequisite::root("network namespaces, raw sockets") || !prerequisite::require_program("ip", "iproute2") {
+        return;
+    }
+    let pair = Pair::new();
+    let virtual6: IpAddr = "2001:db8::100".parse().unwrap();
+    // The "router" (b) still has the old master's MAC for both addresses.
+    for address in [IpAddr::V4(VIRTUAL4), virtual6] {
+        pair.b.ip(&format!("neigh replace {address} lladdr 02:00:00:00:00:99 dev vb nud stale")).unwrap();
+        assert_eq!(neighbour_mac(&pair.b, "vb", address).as_deref(), Some("02:00:00:00:00:99"));
+    }
+    let mac = pair.a.mac("va").unwrap();
+    let index = pair.a.if_index("va").unwrap();
+    let announcer = pair
+        .a
+        .enter(move || Announcer::open("va", index, mac, Some("fe80::a".parse().unwrap())))
+        .unwrap()
+        .expect("open the announcer");
+    announcer.announce(&[IpAddr::V4(VIRTUAL4), virtual6]).unwrap();
+    let ours = mac.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(":");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    for address in [IpAddr::V4(VIRTUAL4), virtual6] {
+        loop {
+            let seen = neighbour_mac(&pair.b, "vb", address);
+            if seen.as_deref() == Some(ours.as_str()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{address}: the neighbour entry still says {seen:?}, not {ours}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
