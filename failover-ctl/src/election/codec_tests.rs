@@ -170,3 +170,61 @@ fn an_advert_captured_from_keepalived() {
     // What we send for the same group is byte-identical.
     assert_eq!(advert_v4().encode(v4(SOURCE), IpAddr::V4(MULTICAST_V4), ChecksumForm::PseudoHeader), message);
 }
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn address_v4() -> impl Strategy<Value = IpAddr> {
+        any::<[u8; 4]>().prop_map(|octets| IpAddr::V4(Ipv4Addr::from(octets)))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any bytes, any header facts: an answer, never a panic; an accepted advert re-encodes
+        /// to the same bytes.
+        #[test]
+        fn decoding_any_bytes_never_panics(message in prop::collection::vec(any::<u8>(), 0..80), ttl in any::<u8>(), source in address_v4(), pseudo in any::<bool>()) {
+            let form = if pseudo { ChecksumForm::PseudoHeader } else { ChecksumForm::Rfc9568 };
+            let received = Received { source, destination: IpAddr::V4(MULTICAST_V4), ttl, message: &message };
+            if let Ok(advert) = decode(&received, form) {
+                // The reserved nibble and bits 12-15 of the interval are not kept.
+                let mut again = advert.encode(source, IpAddr::V4(MULTICAST_V4), form);
+                again[6..8].copy_from_slice(&message[6..8]);
+                prop_assert_eq!(&again[..1], &message[..1]);
+                prop_assert_eq!(&again[1..4], &message[1..4]);
+                prop_assert_eq!(&again[8..], &message[8..]);
+            }
+        }
+
+        #[test]
+        fn splitting_any_ipv4_packet_never_panics(packet in prop::collection::vec(any::<u8>(), 0..120)) {
+            if let Ok((_, message)) = split_ipv4(&packet) {
+                prop_assert!(message.len() <= packet.len());
+            }
+        }
+
+        /// Mutating one byte of a valid advert is either refused or still a consistent advert.
+        #[test]
+        fn one_changed_byte_is_refused_or_consistent(position in 0usize..12, value in any::<u8>()) {
+            let mut message = advert_v4().encode(v4(SOURCE), IpAddr::V4(MULTICAST_V4), ChecksumForm::PseudoHeader);
+            let changed = message[position] != value;
+            message[position] = value;
+            let result = decode(&received(&message, SOURCE, 255), ChecksumForm::PseudoHeader);
+            if changed {
+                prop_assert!(result.is_err(), "a changed byte at {} passed the checksum", position);
+            }
+        }
+
+        #[test]
+        fn every_encoded_advert_decodes_to_itself(vrid in any::<u8>(), priority in any::<u8>(), interval in 1u16..=MAX_INTERVAL_CS, addresses in prop::collection::vec(address_v4(), 0..20), source in address_v4(), pseudo in any::<bool>()) {
+            let form = if pseudo { ChecksumForm::PseudoHeader } else { ChecksumForm::Rfc9568 };
+            let advert = Advert { vrid, priority, interval_cs: interval, addresses };
+            let message = advert.encode(source, IpAddr::V4(MULTICAST_V4), form);
+            let received = Received { source, destination: IpAddr::V4(MULTICAST_V4), ttl: 255, message: &message };
+            prop_assert_eq!(decode(&received, form), Ok(advert));
+        }
+    }
+}

@@ -5,4 +5,5 @@
 pub mod announce;
 pub mod codec;
 pub mod fsm;
+pub mod group;
 pub mod socket;
