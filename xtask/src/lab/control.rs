@@ -496,7 +496,7 @@ pub fn start_decap(
     )
 }
 
-/// `backends --json` (failover-ctl/src/cli/inspect.rs): the fields the lab reads.
+/// `backends --json` (failover-ctl/src/cli/inspect/backends.rs): the fields the lab reads.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct BackendsView {
