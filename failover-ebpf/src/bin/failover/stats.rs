@@ -1,12 +1,12 @@
 //! Per-CPU counters: no locks, no atomics, summed by the controller.
 
-use aya_ebpf::maps::PerCpuArray;
+use aya_ebpf::btf_maps::PerCpuArray;
 use failover_common::maps::Counter;
 
 use crate::maps::{BACKEND_STATS, REASON_STATS, VIP_STATS};
 
 #[inline(always)]
-fn add(map: &PerCpuArray<Counter>, index: u32, bytes: usize) {
+fn add<const ENTRIES: usize>(map: &PerCpuArray<Counter, ENTRIES>, index: u32, bytes: usize) {
     if let Some(counter) = map.get_ptr_mut(index) {
         // SAFETY: a per-CPU value is only touched by this CPU, and this program is not preempted.
         unsafe {
