@@ -212,6 +212,9 @@ pub mod names {
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const REASON_STATS: &str = "REASON_STATS";
+    pub const MONITOR_FILTER: &str = "MONITOR_FILTER";
+    pub const MONITOR_RECORDS: &str = "MONITOR_RECORDS";
+    pub const MONITOR_LOST: &str = "MONITOR_LOST";
     pub const DECAP_VIPS: &str = "DECAP_VIPS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
 }

@@ -3,7 +3,12 @@
 //! not live) and forward.
 
 use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext};
-use failover_common::{hash, maps::*, stats};
+use failover_common::{
+    hash,
+    maps::*,
+    monitor::{FLOW_NEW, FLOW_TRACKED, FLOW_UNTRACKED},
+    stats,
+};
 use failover_ebpf::{
     headers::IPV4_FRAGMENT_MASK_BE,
     parse::{self, L3},
@@ -12,7 +17,7 @@ use failover_ebpf::{
 
 use crate::{
     encap,
-    flow::flow_key,
+    flow::{flow_key, Routed},
     icmp,
     maps::*,
     stats as count,
@@ -76,16 +81,24 @@ fn vip_traffic(ctx: &XdpContext, l3: &L3) -> Verdict {
         routed.meta = meta;
         routed.key = flow_key(l3, &l4);
     }
+    // From here on the scratch entry holds this packet's flow: the monitor may read it.
+    forward_routed(ctx, l3, routed, track).routed()
+}
+
+/// Forwards the flow in `routed` and resolves the service path's continuations; the verdict
+/// keeps the backend detail `service` noted.
+#[inline(always)]
+fn forward_routed(ctx: &XdpContext, l3: &L3, routed: &Routed, track: bool) -> Verdict {
     let verdict = service(ctx, l3, &routed.meta, &routed.key, track);
     if let Some(mtu) = verdict.too_big_mtu() {
         // Never an ICMP error about an ICMP error (RFC 1122 §3.2.2, RFC 4443 §2.4 e).
         if !track {
-            return Verdict::drop(stats::DROP_TOO_BIG_NO_DF);
+            return Verdict::with_detail_of(Verdict::drop(stats::DROP_TOO_BIG_NO_DF), verdict);
         }
-        return icmp::too_big(ctx, l3, mtu as usize);
+        return Verdict::with_detail_of(icmp::too_big(ctx, l3, mtu as usize), verdict);
     }
     if verdict.is_transmit() && !track {
-        return Verdict::transmit(stats::TX_ICMP_ERROR_FORWARD);
+        return Verdict::with_detail_of(Verdict::transmit(stats::TX_ICMP_ERROR_FORWARD), verdict);
     }
     verdict
 }
@@ -97,7 +110,8 @@ fn is_icmp(l3: &L3) -> bool {
 }
 
 /// Forwards a packet of a VIP service flow. `track` is false for ICMP errors, which must
-/// follow a flow but never create one.
+/// follow a flow but never create one. A verdict after a backend was chosen carries it and how
+/// the flow table was used (`Verdict::with_backend`), for the monitor.
 ///
 /// Its own BPF function: shared by the service and ICMP-error paths, and its stack frame is
 /// not added to the parser's.
@@ -114,16 +128,17 @@ pub fn service(ctx: &XdpContext, l3: &L3, meta: &VipMeta, key: &FlowKey, track: 
     if tracking {
         choice = tracked(meta, key, config);
     }
-    let choice = match choice {
-        Some(choice) => choice,
+    let (choice, flow) = match choice {
+        Some(choice) => (choice, FLOW_TRACKED),
         None => {
             let hash = hash::flow_key_hash(key, meta.flags & VIP_HASH_SOURCE_ONLY != 0);
             match from_table(meta, hash) {
                 Some(choice) => {
+                    let mut flow = FLOW_UNTRACKED;
                     if track && tracking {
-                        remember(key, choice.0, config);
+                        flow = remember(key, choice.0, config);
                     }
-                    choice
+                    (choice, flow)
                 }
                 None if meta.flags & VIP_ALL_DOWN_PASS != 0 => return Verdict::pass(stats::PASS_ALL_DOWN),
                 None => return Verdict::drop(stats::DROP_ALL_DOWN),
@@ -138,7 +153,7 @@ pub fn service(ctx: &XdpContext, l3: &L3, meta: &VipMeta, key: &FlowKey, track: 
     if verdict.is_transmit() {
         count::forwarded(meta.vip_id, backend_id, l3.total_len);
     }
-    verdict
+    verdict.with_backend(backend_id, flow)
 }
 
 /// The live configuration slot.
@@ -244,15 +259,19 @@ fn probe_table(offset: u32, size: u32, vip_id: u32, hash: u32) -> u64 {
 
 /// Tracks a new flow, unless this CPU's insert budget is spent (SYN-flood policy: the flow is
 /// still forwarded by the table, which sends it to the same backend while the table stands).
+/// Returns `FLOW_NEW`, or `FLOW_UNTRACKED` when the limiter or the map refused the entry.
 #[inline(always)]
-fn remember(key: &FlowKey, backend_id: u32, config: &Config) {
+fn remember(key: &FlowKey, backend_id: u32, config: &Config) -> u8 {
     let now = now_ns();
     if !insert_allowed(config, now) {
         count::reason(stats::EVENT_FLOW_NOT_TRACKED, 0);
-        return;
+        return FLOW_UNTRACKED;
     }
     let value = FlowValue { backend_id, _padding: 0, last_seen_ns: now };
-    let _ = FLOWS.insert(key, value, 0);
+    match FLOWS.insert(key, value, 0) {
+        Ok(()) => FLOW_NEW,
+        Err(_) => FLOW_UNTRACKED,
+    }
 }
 
 /// Per-CPU token bucket, in nanoseconds of credit: one insert costs `flow_insert_cost_ns`,

@@ -7,10 +7,14 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
-use failover_common::{maps::*, stats::REASON_COUNT};
+use failover_common::{
+    maps::*,
+    monitor::{MonitorFilter, MonitorRecord, MONITOR_RING_BYTES},
+    stats::REASON_COUNT,
+};
 
 use crate::flow::Routed;
 
@@ -73,3 +77,18 @@ pub static REASON_STATS: PerCpuArray<Counter, { REASON_COUNT as usize }> = PerCp
 /// off the entry function's stack, which the 512-byte limit of a call chain needs.
 #[btf_map]
 pub static SCRATCH: PerCpuArray<Routed, 1> = PerCpuArray::new();
+
+/// 0 -> the packet monitor's filter (`failover_common::monitor`). Written by `failover-ctl
+/// monitor`, not the daemon (a debugging switch that changes no decision); the program clears
+/// `enabled` once the filter has expired. Every packet reads `enabled` (the monitor's gate).
+#[btf_map]
+pub static MONITOR_FILTER: Array<MonitorFilter, 1> = Array::new();
+
+/// One record per packet the monitor filter matched. Data plane writes; `failover-ctl monitor`
+/// reads.
+#[btf_map]
+pub static MONITOR_RECORDS: RingBuf<MonitorRecord, { MONITOR_RING_BYTES as usize }> = RingBuf::new();
+
+/// 0 -> matched packets whose record found the ring buffer full. Data plane writes.
+#[btf_map]
+pub static MONITOR_LOST: PerCpuArray<u64, 1> = PerCpuArray::new();
