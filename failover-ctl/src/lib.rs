@@ -10,6 +10,7 @@ pub mod loader;
 pub mod maglev;
 pub mod maps;
 pub mod metrics;
+pub mod monitor;
 pub mod netlink;
 pub mod objects;
 pub mod paths;

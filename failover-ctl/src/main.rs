@@ -10,7 +10,10 @@ use std::{
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use failover_ctl::{
-    cli::inspect::{self, Target},
+    cli::{
+        inspect::{self, Target},
+        monitor,
+    },
     config::{self, Protocol},
     daemon::{control, run, status::Request},
     loader::{self, Decap},
@@ -116,6 +119,30 @@ enum Command {
         destination: SocketAddr,
         /// tcp or udp.
         protocol: String,
+    },
+    /// Live per-packet decisions of the data plane for packets matching a filter: action,
+    /// reason, VIP, chosen backend, whether the flow was tracked, the 5-tuple, the time.
+    ///
+    /// Works with or without the daemon. The filter is switched off again on exit (also on
+    /// SIGINT / SIGTERM); a monitor killed outright leaves one that expires within 5 s. With
+    /// --json one JSON object per line. The conditions given must all hold; none = every packet.
+    Monitor {
+        /// Packets to this VIP: a name (from the daemon's state file), an address (every port
+        /// and protocol) or ADDRESS:PORT/PROTO.
+        #[arg(long, value_name = "NAME|ADDR")]
+        vip: Option<String>,
+        /// Packets from this client address or prefix.
+        #[arg(long, value_name = "ADDR[/LEN]")]
+        client: Option<String>,
+        /// Packets sent to this backend address.
+        #[arg(long, value_name = "ADDR")]
+        backend: Option<IpAddr>,
+        /// Stop after this many packets shown.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Show at most this many packets per second; the rest are counted and reported at the end.
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        rate: u32,
     },
     /// The event log (failovers with their timings, reloads, drains).
     Events {
@@ -249,6 +276,17 @@ fn execute(arguments: &Arguments) -> anyhow::Result<()> {
             inspect::which(&target()?, *source, *destination, protocol(name)?)
         }
         Command::Events { limit } => inspect::events(&target()?, *limit),
+        Command::Monitor { vip, client, backend, count, rate } => monitor::monitor(
+            &instance_paths(arguments)?,
+            &monitor::Options {
+                vip: vip.clone(),
+                client: client.clone(),
+                backend: *backend,
+                count: *count,
+                rate: *rate,
+                json: arguments.json,
+            },
+        ),
         Command::Decap { interface, vips, generic } => decap(interface, vips, *generic),
         Command::Teardown => teardown(&instance_paths(arguments)?),
         Command::Completions { shell } => {

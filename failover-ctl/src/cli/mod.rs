@@ -1,4 +1,6 @@
 //! The inspection commands: they read the pinned maps, `state.json` and `events.jsonl`
-//! directly, so they work with the daemon stopped.
+//! directly, so they work with the daemon stopped; and the packet monitor, which also writes the
+//! one map the daemon does not (`MONITOR_FILTER`).
 
 pub mod inspect;
+pub mod monitor;
