@@ -26,6 +26,8 @@ use schema::RawConfig;
 use validate::Validator;
 pub use values::{parse_duration, parse_mac, parse_prefix};
 
+#[cfg(test)]
+mod election_tests;
 mod location;
 mod schema;
 #[cfg(test)]
@@ -138,6 +140,8 @@ pub struct Config {
     pub probe_defaults: ProbeTiming,
     /// `[[vip]]`: the services, in file order.
     pub vips: Vec<Vip>,
+    /// `[[election]]`: the VRRP groups whose mastership decides which VIPs this node serves.
+    pub elections: Vec<Election>,
 }
 
 impl Config {
@@ -150,6 +154,75 @@ impl Config {
     pub fn vip(&self, name: &str) -> Option<&Vip> {
         self.vips.iter().find(|vip| vip.name == name)
     }
+
+    /// The election a VIP's ownership follows, if any.
+    pub fn election_of(&self, vip: &str) -> Option<&Election> {
+        self.elections.iter().find(|election| election.vips.iter().any(|name| name == vip))
+    }
+}
+
+/// `[[election]]`: one VRRP group (RFC 9568) on one interface and address family.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Election {
+    /// `name`: unique among elections; names the group in the CLI, events and metrics.
+    pub name: String,
+    /// `interface`: where adverts are sent and the VRRP addresses live.
+    pub interface: String,
+    /// `vrid`: 1..=255, unique per interface and family.
+    pub vrid: u8,
+    /// `priority`: 1..=255 (255: the owner of the addresses), default 100.
+    pub priority: u8,
+    /// `advert_interval`: a multiple of 10 ms from 10 ms to 40.95 s, default 1 s.
+    pub advert_interval: Duration,
+    /// `preempt`: take over from a lower-priority master, default true.
+    pub preempt: bool,
+    /// `preempt_delay`: no preemption this long after start; default the longest rise x
+    /// interval of the group's backends' probes.
+    pub preempt_delay: Duration,
+    /// `addresses`: the VRRP addresses the master holds, one family, at least one.
+    pub addresses: Vec<IpAddr>,
+    /// `vips`: the names of the VIPs whose ownership follows this group.
+    pub vips: Vec<String>,
+    /// `unicast_peers`: send to these instead of the multicast group, and hear only them.
+    pub unicast_peers: Vec<IpAddr>,
+    /// `checksum`: the IPv4 advert checksum form, default pseudo-header (keepalived, FRR).
+    pub checksum: crate::election::codec::ChecksumForm,
+    /// `garp_master_delay`: the second gratuitous ARP burst after becoming master, default 5 s.
+    pub garp_master_delay: Duration,
+    /// `garp_master_refresh`: further bursts while master; `None` (the default, "0s"): none.
+    pub garp_master_refresh: Option<Duration>,
+    /// `garp_master_repeat`: packets per burst, 1..=100, default 5.
+    pub garp_master_repeat: u32,
+    /// `notify`: a program run (no shell) on every transition with keepalived's four
+    /// arguments appended: `GROUP`, the name, the new state in capitals, the priority.
+    pub notify: Vec<String>,
+    /// `release_on_stop`: on SIGTERM a master resigns (priority 0) and gives up ownership;
+    /// default false (the data plane keeps forwarding: hitless restart).
+    pub release_on_stop: bool,
+    /// `[[election.track]]`: what lowers the priority or faults the group.
+    pub tracks: Vec<Track>,
+}
+
+/// `[[election.track]]`: while the tracked thing fails, `weight` is added to the priority
+/// (keepalived's semantics; weight 0: the group goes to Fault and gives up ownership).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Track {
+    pub kind: TrackKind,
+    /// -254..=254, default 0 (fault).
+    pub weight: i32,
+}
+
+/// What a track watches.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrackKind {
+    /// `interface`: fails while the link is down.
+    Interface(String),
+    /// `address` + `probe`: fails while the probe's verdict is down (the upstream gateway, a
+    /// witness address).
+    Probe { address: IpAddr, probe: Probe },
+    /// `backends_up`: fails while fewer than this share (percent) of the group's backends are
+    /// up.
+    BackendsUp { percent: u32 },
 }
 
 /// `xdp_mode`.

@@ -20,6 +20,41 @@ pub(super) struct RawConfig {
     pub(super) probe_defaults: Option<RawTiming>,
     #[serde(default)]
     pub(super) vip: Vec<RawVip>,
+    #[serde(default)]
+    pub(super) election: Vec<RawElection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawElection {
+    pub(super) name: Option<String>,
+    pub(super) interface: Option<String>,
+    pub(super) vrid: Option<i64>,
+    pub(super) priority: Option<i64>,
+    pub(super) advert_interval: Option<String>,
+    pub(super) preempt: Option<bool>,
+    pub(super) preempt_delay: Option<String>,
+    pub(super) addresses: Option<Vec<String>>,
+    pub(super) vips: Option<Vec<String>>,
+    pub(super) unicast_peers: Option<Vec<String>>,
+    pub(super) checksum: Option<String>,
+    pub(super) garp_master_delay: Option<String>,
+    pub(super) garp_master_refresh: Option<String>,
+    pub(super) garp_master_repeat: Option<i64>,
+    pub(super) notify: Option<Vec<String>>,
+    pub(super) release_on_stop: Option<bool>,
+    #[serde(default)]
+    pub(super) track: Vec<RawTrack>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrack {
+    pub(super) interface: Option<String>,
+    pub(super) address: Option<String>,
+    pub(super) probe: Option<RawProbe>,
+    pub(super) backends_up: Option<String>,
+    pub(super) weight: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,6 +9,8 @@ use super::schema::{
     RawVip,
 };
 use super::values::{parse_address, parse_jitter, parse_positive_duration, Jitter};
+
+mod election;
 use super::*;
 use crate::maglev::{is_prime, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE};
 
@@ -109,6 +111,7 @@ impl Validator {
             .map(|(index, vip)| self.vip(index, vip, &tunnel, &defaults))
             .collect();
         self.across_vips(&vips);
+        let elections = self.elections(raw.election, &vips, &defaults);
         Config {
             instance,
             interfaces,
@@ -119,6 +122,7 @@ impl Validator {
             flows,
             probe_defaults,
             vips,
+            elections,
         }
     }
 
