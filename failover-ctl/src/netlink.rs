@@ -15,6 +15,7 @@ use std::{
 use futures::TryStreamExt;
 use rtnetlink::{
     packet_route::{
+        address::AddressAttribute,
         link::{LinkAttribute, LinkFlags},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
         route::{RouteAttribute, RouteMessage},
@@ -43,6 +44,10 @@ const NUD_USABLE: u16 =
 
 /// ENODEV: what the kernel answers a link request for a name it does not know.
 const ENODEV: i32 = 19;
+/// EEXIST: adding an address that is already there.
+const EEXIST: i32 = 17;
+/// EADDRNOTAVAIL: removing an address that is gone.
+const EADDRNOTAVAIL: i32 = 99;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -85,6 +90,8 @@ pub struct Interface {
     pub mtu: u32,
     /// Administratively up (`IFF_UP`, what `ip link set ... up` sets).
     pub up: bool,
+    /// Up with a carrier (`IFF_RUNNING`): the link can carry packets.
+    pub running: bool,
 }
 
 /// An rtnetlink connection bound to the network namespace of the thread that created it.
@@ -157,7 +164,62 @@ impl Netlink {
             mac: mac.ok_or_else(|| NetlinkError::NotEthernet(name.to_string()))?,
             mtu,
             up: message.header.flags.contains(LinkFlags::Up),
+            running: message.header.flags.contains(LinkFlags::Up) && message.header.flags.contains(LinkFlags::Running),
         })
+    }
+
+    /// The addresses of interface `index` (`ip addr show dev`), with their prefix lengths.
+    pub async fn addresses(&self, index: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
+        let mut request = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut found = Vec::new();
+        loop {
+            match request.try_next().await {
+                Ok(Some(message)) => {
+                    let address = message.attributes.iter().find_map(|attribute| match attribute {
+                        AddressAttribute::Local(address) => Some(*address),
+                        _ => None,
+                    });
+                    let address = address.or_else(|| {
+                        message.attributes.iter().find_map(|attribute| match attribute {
+                            AddressAttribute::Address(address) => Some(*address),
+                            _ => None,
+                        })
+                    });
+                    if let Some(address) = address {
+                        found.push((address, message.header.prefix_len));
+                    }
+                }
+                Ok(None) => return Ok(found),
+                Err(source) => return Err(NetlinkError::Request { what: format!("listing the addresses of interface {index}"), source }),
+            }
+        }
+    }
+
+    /// Adds `address`/`prefix` to interface `index`; already there is not an error.
+    pub async fn add_address(&self, index: u32, address: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
+        match self.handle.address().add(index, address, prefix).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -EEXIST => Ok(()),
+            Err(source) => Err(NetlinkError::Request { what: format!("adding {address}/{prefix} to interface {index}"), source }),
+        }
+    }
+
+    /// Removes `address` from interface `index`; not there is not an error.
+    pub async fn remove_address(&self, index: u32, address: IpAddr) -> Result<(), NetlinkError> {
+        let mut request = self.handle.address().get().set_link_index_filter(index).set_address_filter(address).execute();
+        loop {
+            match request.try_next().await {
+                Ok(Some(message)) => {
+                    if let Err(source) = self.handle.address().del(message).execute().await {
+                        if !matches!(&source, rtnetlink::Error::NetlinkError(error) if error.raw_code() == -EADDRNOTAVAIL) {
+                            return Err(NetlinkError::Request { what: format!("removing {address} from interface {index}"), source });
+                        }
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(source) => return Err(NetlinkError::Request { what: format!("finding {address} on interface {index}"), source }),
+            }
+        }
     }
 
     /// The output interface index of the route the kernel would use to reach `address`
@@ -382,7 +444,8 @@ mod tests {
                 index: expected_index,
                 mac: expected_mac,
                 mtu: 1400,
-                up: true
+                up: true,
+                running: true,
             }
         );
         let error = missing.unwrap_err();
@@ -391,6 +454,36 @@ mod tests {
             "{error:?}"
         );
         assert_eq!(error.to_string(), "no interface named nosuch0");
+    }
+
+    #[test]
+    fn netlink_addresses_are_added_listed_and_removed() {
+        let (a, b) = pair("nladdr");
+        let index = a.if_index("a0").unwrap();
+        let v4: IpAddr = "10.77.0.100".parse().unwrap();
+        let v6: IpAddr = "2001:db8:77::100".parse().unwrap();
+        let (added, again, removed, running_down) = run_in(&a, async || {
+            let netlink = Netlink::new().unwrap();
+            netlink.add_address(index, v4, 32).await.unwrap();
+            netlink.add_address(index, v6, 128).await.unwrap();
+            // Adding twice and removing what is gone are not errors.
+            netlink.add_address(index, v4, 32).await.unwrap();
+            let added = netlink.addresses(index).await.unwrap();
+            netlink.remove_address(index, v4).await.unwrap();
+            netlink.remove_address(index, v4).await.unwrap();
+            let again = netlink.addresses(index).await.unwrap();
+            netlink.remove_address(index, v6).await.unwrap();
+            let removed = netlink.addresses(index).await.unwrap();
+            (added, again, removed, netlink.interface("a0").await.unwrap().running)
+        });
+        assert!(added.contains(&(v4, 32)) && added.contains(&(v6, 128)), "{added:?}");
+        assert!(!again.contains(&(v4, 32)) && again.contains(&(v6, 128)), "{again:?}");
+        assert!(!removed.iter().any(|(address, _)| *address == v4 || *address == v6), "{removed:?}");
+        assert!(running_down, "the veth pair is up with a carrier");
+        // The peer's end going down takes the carrier away.
+        b.ip("link set b0 down").unwrap();
+        let running = run_in(&a, async || Netlink::new().unwrap().interface("a0").await.unwrap().running);
+        assert!(!running, "no carrier without the peer");
     }
 
     #[test]

@@ -334,6 +334,7 @@ fn a_refused_reload_changes_nothing() {
         probe_sender,
         runtime: runtime.handle().clone(),
         previous: None,
+        elections: None,
     })
     .expect("start the controller");
     let mut current = map_state(&instance.paths);

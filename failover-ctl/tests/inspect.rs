@@ -184,6 +184,8 @@ fn vip_status(name: &str, address: Ipv4Addr, port: u16, vip_id: u32, members: &[
         all_down: "drop".into(),
         hash: "five_tuple".into(),
         published_at: 1_795_328_000_000,
+        table_digest: String::new(),
+        election: None,
         backends: members
             .iter()
             .map(|member| BackendStatus {
@@ -272,6 +274,7 @@ impl Fixture {
                     mac: "02:1b:00:00:00:01".into(),
                     mode: "native".into(),
                 }],
+                elections: Vec::new(),
                 next_hop_mac: "02:4e:00:00:00:fe".into(),
                 vips: vec![vip_status("web", WEB, 80, 1, &web), vip_status("api", API, 8080, 2, &api)],
                 failovers: Default::default(),

@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod controller;
+pub mod elections;
 pub mod events;
 pub mod plan;
 pub mod run;

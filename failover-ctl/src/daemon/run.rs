@@ -176,6 +176,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             probe_sender,
             runtime: tokio::runtime::Handle::current(),
             previous: if adopted { previous } else { None },
+            elections: None,
         };
         let owner = std::thread::Builder::new().name("state-owner".into()).spawn(move || {
             let mut controller = match Controller::start(start) {

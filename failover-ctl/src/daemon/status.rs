@@ -27,7 +27,48 @@ pub struct Status {
     pub next_hop_mac: String,
     pub vips: Vec<VipStatus>,
     pub failovers: FailoverStats,
+    /// The VRRP groups (`[[election]]`), in configuration order.
+    #[serde(default)]
+    pub elections: Vec<ElectionStatus>,
     pub updated_at: UnixMillis,
+}
+
+/// One VRRP group as the daemon runs it (`failover-ctl elections`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ElectionStatus {
+    pub name: String,
+    pub interface: String,
+    pub vrid: u8,
+    /// "initialize", "backup", "master" or "fault".
+    pub state: String,
+    /// The configured priority, and the one advertised (after tracks and an operator's
+    /// temporary `election priority`).
+    pub priority: u8,
+    pub effective_priority: u8,
+    /// The master as last heard (this node's own address while master); empty if none yet.
+    pub master: String,
+    /// The advert interval in force (the master's while backup), milliseconds.
+    pub advert_interval_ms: u64,
+    /// The VRRP addresses and the VIPs whose ownership follows the group.
+    pub addresses: Vec<String>,
+    pub vips: Vec<String>,
+    /// Whether this node holds the group's ownership in the data plane.
+    pub owned: bool,
+    pub last_transition: Option<ElectionTransition>,
+    /// Failed tracks, by description ("interface eth1", "probe 192.0.2.254", "backends_up 50%").
+    pub failed_tracks: Vec<String>,
+    pub counters: crate::election::group::Counters,
+}
+
+/// The last state change of a group.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ElectionTransition {
+    pub at: UnixMillis,
+    pub from: String,
+    pub to: String,
+    /// "owner", "startup", "master_down", "higher_priority", "resigned", "fault",
+    /// "fault_cleared", "stopped".
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -55,6 +96,13 @@ pub struct VipStatus {
     pub hash: String,
     /// When the VIP's table was last published.
     pub published_at: UnixMillis,
+    /// Digest of the published table over slot -> backend address (not ids): equal on every
+    /// node that would send each flow to the same backend.
+    #[serde(default)]
+    pub table_digest: String,
+    /// The election the VIP's ownership follows, if any.
+    #[serde(default)]
+    pub election: Option<String>,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -143,6 +191,11 @@ pub enum Request {
     Maintenance { vip: String, backend: String, on: bool },
     /// The current [`Status`].
     Status,
+    /// The group's master resigns now (a priority-0 advert; manual failover); it does not
+    /// preempt its successor until it is master again.
+    ElectionResign { group: String },
+    /// Advertise `priority` (1..=254) until the next reload or restart.
+    ElectionPriority { group: String, priority: u8 },
 }
 
 /// The answer to a [`Request`].

@@ -60,6 +60,22 @@ pub enum Reason {
     Stopped,
 }
 
+impl Reason {
+    /// The name in events, the status and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Owner => "owner",
+            Reason::Startup => "startup",
+            Reason::MasterDown => "master_down",
+            Reason::HigherPriority => "higher_priority",
+            Reason::Resigned => "resigned",
+            Reason::Fault => "fault",
+            Reason::FaultCleared => "fault_cleared",
+            Reason::Stopped => "stopped",
+        }
+    }
+}
+
 /// What the group's configuration fixes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {

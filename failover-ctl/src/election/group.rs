@@ -73,6 +73,8 @@ pub struct Group {
     source: IpAddr,
     ours: Vec<IpAddr>,
     failed_tracks: Vec<bool>,
+    /// The operator's temporary priority (`election priority`), in place of the base.
+    override_priority: Option<u8>,
     counters: Counters,
     last_transition: Option<Transition>,
 }
@@ -92,7 +94,7 @@ impl Group {
         };
         let machine = Machine::new(settings, spec.priority);
         let failed_tracks = vec![false; spec.track_weights.len()];
-        Self { spec, machine, source, ours, failed_tracks, counters: Counters::default(), last_transition: None }
+        Self { spec, machine, source, ours, failed_tracks, override_priority: None, counters: Counters::default(), last_transition: None }
     }
 
     pub fn spec(&self) -> &GroupSpec {
@@ -114,12 +116,25 @@ impl Group {
     /// The effective priority: base plus the weights of failed tracks, clamped to 1..=254 when
     /// any track fails (an owner with a failed track is an owner no more).
     pub fn effective_priority(&self) -> u8 {
+        let base = self.override_priority.unwrap_or(self.spec.priority);
         let failed: Vec<i32> = self.failed_weights().collect();
         if failed.is_empty() {
-            return self.spec.priority;
+            return base;
         }
-        let priority = i32::from(self.spec.priority) + failed.iter().sum::<i32>();
+        let priority = i32::from(base) + failed.iter().sum::<i32>();
         priority.clamp(1, 254) as u8
+    }
+
+    /// Advertise `priority` in place of the configured base (`None`: the base again), until
+    /// the group is reconfigured.
+    pub fn set_priority(&mut self, priority: Option<u8>, now: Instant) -> Vec<Action> {
+        self.override_priority = priority;
+        self.handle(Event::Priority(self.effective_priority()), now)
+    }
+
+    /// Descriptions of the failed tracks, in track order, given each track's description.
+    pub fn failed_tracks<'a>(&self, names: &'a [String]) -> Vec<&'a str> {
+        names.iter().zip(&self.failed_tracks).filter(|(_, failed)| **failed).map(|(name, _)| name.as_str()).collect()
     }
 
     fn failed_weights(&self) -> impl Iterator<Item = i32> + '_ {

@@ -66,6 +66,14 @@ fn tracks_lower_the_priority_and_a_zero_weight_faults() {
     group.track(2, false, now);
     assert_eq!(group.machine().state(), State::Backup);
 
+    // The operator's temporary priority replaces the base; tracks still apply.
+    group.track(0, true, now);
+    group.set_priority(Some(200), now);
+    assert_eq!(group.effective_priority(), 170);
+    group.set_priority(None, now);
+    assert_eq!(group.effective_priority(), 70);
+    group.track(0, false, now);
+
     let mut owner = spec();
     owner.priority = 255;
     let mut owner = started(owner, now);

@@ -6,4 +6,5 @@ pub mod announce;
 pub mod codec;
 pub mod fsm;
 pub mod group;
+pub mod runtime;
 pub mod socket;

@@ -68,6 +68,7 @@ pub fn verdict_to_publish() -> Result<(Vec<ControlRow>, String)> {
         probe_sender,
         runtime: runtime.handle().clone(),
         previous: None,
+        elections: None,
     })?;
     let ids = controller.backend_ids("web");
     for id in &ids {

@@ -30,6 +30,7 @@ use crate::{
 use state::{placeholder_vip, BackendState, VipState};
 
 mod apply;
+mod elections;
 mod probes;
 mod report;
 mod requests;
@@ -37,6 +38,7 @@ mod state;
 mod verdict;
 
 pub use apply::data_plane_config;
+pub use elections::Elections;
 pub use state::{Controller, Links, LinksFn};
 
 /// What the state owner is told.
@@ -45,6 +47,8 @@ pub enum Message {
     Probe(ProbeEvent),
     /// A control request and where to answer it.
     Control(Request, oneshot::Sender<Response>),
+    /// A transition or an error of the election task.
+    Election(crate::election::runtime::Report),
     /// Once a second: refresh the published status if it changed.
     Tick,
     /// Stop: probes end, the maps stay as they are.
@@ -66,6 +70,8 @@ pub struct Start {
     /// The status an earlier daemon left, to keep operator decisions (drain, maintenance)
     /// across a restart.
     pub previous: Option<Status>,
+    /// The election task, when the configuration has `[[election]]` groups.
+    pub elections: Option<Elections>,
 }
 
 impl Controller {
@@ -84,6 +90,7 @@ impl Controller {
             probe_sender,
             runtime,
             previous,
+            elections,
         } = start;
         let mut backends = BTreeMap::new();
         let ids = if adopted {
@@ -166,6 +173,8 @@ impl Controller {
             shared,
             state_path,
             dirty: true,
+            elections,
+            election_sent: Default::default(),
         };
         if adopted {
             // The adopted VIPs are known by key only until the config names them.
@@ -197,6 +206,7 @@ impl Controller {
             ),
             ..Event::default()
         });
+        controller.update_elections();
         controller.publish_status();
         Ok(controller)
     }
@@ -213,7 +223,11 @@ impl Controller {
     /// Handles one message; false when the controller should stop.
     pub fn handle(&mut self, message: Message) -> bool {
         match message {
-            Message::Probe(event) => self.on_probe(event),
+            Message::Probe(event) => {
+                self.on_probe(event);
+                self.update_elections();
+            }
+            Message::Election(report) => self.on_election(report),
             Message::Control(request, reply) => {
                 let response = self.on_request(request);
                 let _ = reply.send(response);

@@ -54,6 +54,8 @@ impl Controller {
                     }
                     .into(),
                     published_at: vip.published_at,
+                    table_digest: String::new(),
+                    election: self.config.election_of(&vip.config.name).map(|election| election.name.clone()),
                     backends: vip
                         .members
                         .iter()
@@ -82,6 +84,13 @@ impl Controller {
             })
             .collect();
         self.status.vips = vips;
+        self.status.elections = self.election_status();
+        // A VIP that follows a group is owned when the group holds the ownership.
+        for vip in &mut self.status.vips {
+            if let Some(group) = &vip.election {
+                vip.owned = self.status.elections.iter().any(|election| &election.name == group && election.owned);
+            }
+        }
         self.status.failovers = self.failovers.clone();
         self.status.updated_at = now_millis();
     }

@@ -1,8 +1,10 @@
-//! Control requests: status, reload, drain, undrain and maintenance.
+//! Control requests: status, reload, drain, undrain, maintenance and the elections' resign and
+//! priority.
 
 use std::net::IpAddr;
 
 use super::state::Controller;
+use crate::election::runtime::Command;
 use crate::{
     config,
     daemon::{
@@ -25,6 +27,14 @@ impl Controller {
             Request::Maintenance { vip, backend, on } => {
                 let admin = if on { Admin::Maintenance } else { Admin::Enabled };
                 self.set_admin(&vip, &backend, admin, "maintenance")
+            }
+            Request::ElectionResign { group } => self.election_request(&group, Command::Resign(group.clone()), "resign"),
+            Request::ElectionPriority { group, priority } => {
+                if (1..=254).contains(&priority) {
+                    self.election_request(&group, Command::Priority(group.clone(), Some(priority)), &format!("priority {priority}"))
+                } else {
+                    Err(anyhow::anyhow!("priority must be between 1 and 254, got {priority}"))
+                }
             }
         };
         self.publish_status();

@@ -97,6 +97,8 @@ pub struct Controller {
     pub(super) shared: Arc<Mutex<Status>>,
     pub(super) state_path: PathBuf,
     pub(super) dirty: bool,
+    pub(super) elections: Option<super::Elections>,
+    pub(super) election_sent: super::elections::Sent,
 }
 
 
