@@ -49,6 +49,15 @@ enum OnOff {
 }
 
 #[derive(Subcommand)]
+enum ElectionAction {
+    /// The master of GROUP resigns now (a priority-0 advert: the best backup takes over after
+    /// its skew time); it does not preempt back until it is master again.
+    Resign { group: String },
+    /// Advertise PRIORITY (1..=254) in GROUP until the next restart.
+    Priority { group: String, priority: u8 },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Validate a configuration file and print a summary.
     Check {
@@ -144,6 +153,14 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = 1000)]
         rate: u32,
     },
+    /// The VRRP groups: state, priority, master, interval, ownership, last transition, failed
+    /// tracks, counters and the table digests of their VIPs.
+    Elections,
+    /// Act on a VRRP group through the running daemon.
+    Election {
+        #[command(subcommand)]
+        action: ElectionAction,
+    },
     /// The event log (failovers with their timings, reloads, drains).
     Events {
         /// The most recent N.
@@ -166,6 +183,13 @@ enum Command {
     Teardown,
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
+    /// Write the man pages, failover-ctl.1 and one failover-ctl-COMMAND.1 per command, into DIR
+    /// (for packaging: `cargo xtask dist` runs it).
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 fn instance_paths(arguments: &Arguments) -> anyhow::Result<InstancePaths> {
@@ -276,6 +300,14 @@ fn execute(arguments: &Arguments) -> anyhow::Result<()> {
             inspect::which(&target()?, *source, *destination, protocol(name)?)
         }
         Command::Events { limit } => inspect::events(&target()?, *limit),
+        Command::Elections => inspect::elections(&target()?),
+        Command::Election { action } => {
+            let request = match action {
+                ElectionAction::Resign { group } => Request::ElectionResign { group: group.clone() },
+                ElectionAction::Priority { group, priority } => Request::ElectionPriority { group: group.clone(), priority: *priority },
+            };
+            send(&instance_paths(arguments)?, request)
+        }
         Command::Monitor { vip, client, backend, count, rate } => monitor::monitor(
             &instance_paths(arguments)?,
             &monitor::Options {
@@ -292,6 +324,11 @@ fn execute(arguments: &Arguments) -> anyhow::Result<()> {
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Arguments::command(), "failover-ctl", &mut std::io::stdout());
             Ok(())
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(Arguments::command(), dir)
+                .with_context(|| format!("writing the man pages into {}", dir.display()))
         }
     }
 }

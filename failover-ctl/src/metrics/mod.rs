@@ -23,7 +23,10 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::daemon::status::{BackendStatus, Status, VipStatus};
+use crate::{
+    daemon::status::{BackendStatus, ElectionStatus, Status, VipStatus},
+    election::codec::Discard,
+};
 
 pub use server::{serve, Render};
 
@@ -84,6 +87,9 @@ label_set!(
 label_set!(BackendInfoLabels { vip: &'a str, backend: &'a str, id: u32, tier: &'a str, probe: &'a str });
 label_set!(AdminStateLabels { vip: &'a str, backend: &'a str, state: &'a str });
 label_set!(ReasonLabels { reason: Cow<'a, str> });
+label_set!(GroupLabels { group: &'a str });
+label_set!(GroupStateLabels { group: &'a str, state: &'a str });
+label_set!(GroupReasonLabels { group: &'a str, reason: &'a str });
 
 /// One scrape's snapshot, written out by [`Collector::encode`].
 #[derive(Debug)]
@@ -99,7 +105,8 @@ impl Collector for Scrape {
         self.backends(&mut encoder)?;
         self.probes(&mut encoder)?;
         self.failovers(&mut encoder)?;
-        self.reasons(&mut encoder)
+        self.reasons(&mut encoder)?;
+        self.elections(&mut encoder)
     }
 }
 
@@ -353,6 +360,71 @@ impl Scrape {
         )
     }
 
+    /// The VRRP groups: state (one sample per state, 1 for the current one), priority,
+    /// ownership, adverts, transitions to master and discarded adverts by reason.
+    fn elections(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        const STATES: [&str; 4] = ["initialize", "backup", "master", "fault"];
+        let elections = &self.status.elections;
+        family(
+            encoder,
+            "failover_election_state",
+            "1 for the state the VRRP group is in (initialize, backup, master, fault), 0 for the others.",
+            None,
+            elections.iter().flat_map(|election| {
+                STATES.iter().map(move |state| {
+                    (GroupStateLabels { group: &election.name, state }, ConstGauge::new(i64::from(election.state == *state)))
+                })
+            }),
+        )?;
+        family(
+            encoder,
+            "failover_election_priority",
+            "The priority the group advertises (after tracks and the operator's override).",
+            None,
+            elections.iter().map(|election| (group_labels(election), ConstGauge::new(i64::from(election.effective_priority)))),
+        )?;
+        family(
+            encoder,
+            "failover_election_owned",
+            "1 while this node holds the ownership of the group's VIPs in the data plane.",
+            None,
+            elections.iter().map(|election| (group_labels(election), ConstGauge::new(i64::from(election.owned)))),
+        )?;
+        family(
+            encoder,
+            "failover_election_master_transitions",
+            "Transitions of the group to master.",
+            None,
+            elections.iter().map(|election| (group_labels(election), ConstCounter::new(election.counters.master_transitions))),
+        )?;
+        family(
+            encoder,
+            "failover_election_adverts_received",
+            "Valid adverts received from other nodes.",
+            None,
+            elections.iter().map(|election| (group_labels(election), ConstCounter::new(election.counters.adverts_received))),
+        )?;
+        family(
+            encoder,
+            "failover_election_adverts_sent",
+            "Adverts sent (priority 0 included).",
+            None,
+            elections.iter().map(|election| (group_labels(election), ConstCounter::new(election.counters.adverts_sent))),
+        )?;
+        family(
+            encoder,
+            "failover_election_rx_errors",
+            "Received adverts discarded, by reason (RFC 6527 names where it has one).",
+            None,
+            elections.iter().flat_map(|election| {
+                Discard::ALL.iter().map(move |reason| {
+                    let count = election.counters.discarded.get(reason.name()).copied().unwrap_or(0);
+                    (GroupReasonLabels { group: &election.name, reason: reason.name() }, ConstCounter::new(count))
+                })
+            }),
+        )
+    }
+
     /// Every backend with its VIP, in status order.
     fn each_backend(&self) -> impl Iterator<Item = (&VipStatus, &BackendStatus)> {
         self.status
@@ -378,6 +450,10 @@ impl Scrape {
                 .map(|(vip, backend)| (labels(vip, backend), ConstGauge::new(value(backend)))),
         )
     }
+}
+
+fn group_labels(election: &ElectionStatus) -> GroupLabels<'_> {
+    GroupLabels { group: &election.name }
 }
 
 fn labels<'a>(vip: &'a VipStatus, backend: &'a BackendStatus) -> BackendLabels<'a> {

@@ -290,3 +290,36 @@ fn histogram_is_cumulative_and_ends_with_the_count() {
         ["failover_failover_latency_seconds_count 5"]
     );
 }
+
+#[test]
+fn elections_have_their_state_set_and_counters() {
+    use crate::daemon::status::ElectionStatus;
+    let mut status = status();
+    let mut election = ElectionStatus {
+        name: "edge".into(),
+        state: "master".into(),
+        priority: 150,
+        effective_priority: 100,
+        owned: true,
+        ..ElectionStatus::default()
+    };
+    election.counters.adverts_received = 7;
+    election.counters.adverts_sent = 30;
+    election.counters.master_transitions = 2;
+    election.counters.discarded.insert("ip_ttl_errors".into(), 3);
+    status.elections = vec![election];
+    let text = render(status, traffic());
+    for expected in [
+        "failover_election_state{group=\"edge\",state=\"master\"} 1",
+        "failover_election_state{group=\"edge\",state=\"backup\"} 0",
+        "failover_election_priority{group=\"edge\"} 100",
+        "failover_election_owned{group=\"edge\"} 1",
+        "failover_election_master_transitions_total{group=\"edge\"} 2",
+        "failover_election_adverts_received_total{group=\"edge\"} 7",
+        "failover_election_adverts_sent_total{group=\"edge\"} 30",
+        "failover_election_rx_errors_total{group=\"edge\",reason=\"ip_ttl_errors\"} 3",
+        "failover_election_rx_errors_total{group=\"edge\",reason=\"checksum_form_mismatch\"} 0",
+    ] {
+        assert!(text.lines().any(|line| line == expected), "missing {expected:?} in\n{text}");
+    }
+}

@@ -1,4 +1,4 @@
-//! `status`, `vips`, `backends`, `table`, `flows`, `stats`, `which` and `events`: read-only
+//! `status`, `vips`, `backends`, `table`, `flows`, `stats`, `which`, `events` and `elections`: read-only
 //! views of one instance, built from its pinned maps and the daemon's runtime files.
 //!
 //! The maps are the truth about what the data plane does; `state.json` only adds what the maps
@@ -11,6 +11,7 @@
 //! on each other otherwise.
 
 mod backends;
+mod elections;
 mod events;
 mod flows;
 mod instance;
@@ -22,6 +23,7 @@ mod vips;
 mod which;
 
 pub use backends::backends;
+pub use elections::elections;
 pub use events::events;
 pub use flows::flows;
 pub use render::utc;

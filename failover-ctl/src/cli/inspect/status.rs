@@ -76,7 +76,7 @@ struct BackendCounts {
 
 /// Asks the daemon for its status, giving up after `patience`: `Ok(None)` when the socket
 /// does not answer in time.
-fn ask_status(paths: &InstancePaths, patience: Duration) -> anyhow::Result<Option<Status>> {
+pub(super) fn ask_status(paths: &InstancePaths, patience: Duration) -> anyhow::Result<Option<Status>> {
     let socket = paths.control_socket();
     let (sender, receiver) = std::sync::mpsc::channel();
     // A daemon that accepts but never answers would hold `control::request` for a minute; the

@@ -62,6 +62,11 @@ impl Controller {
             self.record(Event { kind: "reload_failed".into(), detail: message.clone(), ..Event::default() });
             anyhow::bail!(message);
         }
+        if config.elections != self.config.elections {
+            let message = "reload refused, nothing changed: the [[election]] groups changed (restart instead: a restart is hitless and keeps the ownership until another master is heard)".to_owned();
+            self.record(Event { kind: "reload_failed".into(), detail: message.clone(), ..Event::default() });
+            anyhow::bail!(message);
+        }
         match self.apply(config, false) {
             Ok(summary) => {
                 self.status.config_loaded_at = now_millis();
