@@ -5,9 +5,15 @@
 //! the packet (IPv4: word 0, words 1..=3 zero). Ports are network order too. Everything else
 //! (ids, sizes, flags, times) is host order.
 //!
+//! # Writers
+//! Two writers in the daemon, each the only one of its maps. The election task writes `OWNERSHIP`
+//! and nothing else; the state owner (the map writer, `failover-ctl/src/maps.rs`) writes every
+//! other controller map and never `OWNERSHIP`. The XDP program only reads, except the flow table
+//! and the per-CPU counters and limiter, which the data plane owns (and the monitor filter's
+//! `enabled`, see `monitor`).
+//!
 //! # Publication contract (atomic failover)
-//! The controller is the only writer; the XDP program only reads, except the flow table and the
-//! per-CPU counters and limiter, which the data plane owns.
+//! Rules 1 to 7 order the state owner's writes.
 //! 1. Backends (`BACKENDS`) and their health (`HEALTH`) are written before any table refers to
 //!    their id. A backend id names one (VIP, backend address) membership and stays the same for
 //!    as long as that membership exists, so flow entries remain valid across rebuilds, reloads
@@ -25,6 +31,13 @@
 //!    after they are gone; a stale set bit costs one hash lookup, never a wrong verdict.
 //! 7. `CONFIG` has two entries; the controller writes the one `CONFIG_ACTIVE` does not name and
 //!    then flips `CONFIG_ACTIVE` (whose value only changes in its low byte).
+//! 8. Ownership: a VIP whose flags name a group (`vip_group`, 1..`MAX_GROUPS`) is served while
+//!    `OWNERSHIP[group]` is non-zero; its `VIP_OWNED` bit is ignored. So a VRRP takeover or
+//!    release of every VIP of a group, and of the address entries at their addresses, is one
+//!    `OWNERSHIP` write by the election task: the next packet sees the new owner. Group 0 means
+//!    no group: the VIP's own `VIP_OWNED` bit decides, as it always did. Every service at one
+//!    VIP address carries the same group (the configuration requires it), and so does the
+//!    address entry, which answers for ICMP echo, ICMP errors and unusable packets at the address.
 
 /// Address family values in `family` fields.
 pub const FAMILY_IPV4: u8 = 4;
@@ -41,6 +54,9 @@ pub const PROTOCOL_ICMPV6: u8 = 58;
 pub const ADDRESS_FILTER_SLOTS: u32 = 1 << 16;
 /// How many consecutive table slots a new flow may look at to find a live backend.
 pub const MAX_SLOT_PROBES: u32 = 32;
+/// Entries of `OWNERSHIP`: group indexes 0..=255 (0 = no group, never read), one per
+/// `[[election]]` in configuration order from 1.
+pub const MAX_GROUPS: u32 = 256;
 /// Default capacities; the loader may override them (`set_max_entries`).
 pub const MAX_VIPS: u32 = 1024;
 pub const MAX_BACKENDS: u32 = 16384;
@@ -51,7 +67,8 @@ pub const DEFAULT_FLOW_ENTRIES: u32 = 1 << 20;
 ///
 /// Besides the service entries, the controller writes one *address entry* per distinct VIP
 /// address, with `port == 0` and `protocol == PROTOCOL_ADDRESS`: it answers "is this address a
-/// VIP" for ICMP echo and fragments.
+/// VIP" for ICMP echo and fragments. Its flags: `VIP_OWNED` when some service at the address
+/// has it, and the group of the services there.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct VipKey {
@@ -68,7 +85,8 @@ const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 
 /// `VipMeta::flags`: hash the source address only (session affinity).
 pub const VIP_HASH_SOURCE_ONLY: u32 = 1 << 0;
-/// `VipMeta::flags`: this node owns the VIP (else its packets pass to the kernel).
+/// `VipMeta::flags`: this node owns the VIP (else its packets pass to the kernel). Read only
+/// for a VIP without a group; a grouped VIP follows `OWNERSHIP` (contract rule 8).
 pub const VIP_OWNED: u32 = 1 << 1;
 /// `VipMeta::flags`: when no backend is live, pass to the local stack (else drop).
 pub const VIP_ALL_DOWN_PASS: u32 = 1 << 2;
@@ -76,13 +94,35 @@ pub const VIP_ALL_DOWN_PASS: u32 = 1 << 2;
 /// UDP services).
 pub const VIP_NO_FLOW_TRACKING: u32 = 1 << 3;
 
+/// `VipMeta::flags` bits 16..=23: the ownership group of the VIP (see contract rule 8); 0 = no
+/// group. In bits an older program never looked at, so `VipMeta` keeps its layout and size.
+pub const VIP_GROUP_SHIFT: u32 = 16;
+pub const VIP_GROUP_MASK: u32 = 0xff << VIP_GROUP_SHIFT;
+const _: () = assert!(MAX_GROUPS == (VIP_GROUP_MASK >> VIP_GROUP_SHIFT) + 1);
+
+/// The ownership group in `VipMeta::flags` (0 = none): an index into `OWNERSHIP`.
+#[inline(always)]
+pub const fn vip_group(flags: u32) -> u32 {
+    (flags & VIP_GROUP_MASK) >> VIP_GROUP_SHIFT
+}
+
+/// `flags` with its group bits set to `group`.
+#[inline(always)]
+pub const fn with_vip_group(flags: u32, group: u8) -> u32 {
+    (flags & !VIP_GROUP_MASK) | ((group as u32) << VIP_GROUP_SHIFT)
+}
+
+/// Values of `OWNERSHIP` entries (a `u32` per group; the data plane tests `!= 0`).
+pub const OWNERSHIP_RELEASED: u32 = 0;
+pub const OWNERSHIP_OWNED: u32 = 1;
+
 /// Value of `VIPS`: the VIP's id and its active table generation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct VipMeta {
     /// Index into the per-VIP counters; stable while the VIP exists.
     pub vip_id: u32,
-    /// `VIP_*` flags.
+    /// `VIP_*` flags, and the ownership group in `VIP_GROUP_MASK`.
     pub flags: u32,
     /// First slot of the active Maglev table in `TABLES`.
     pub table_offset: u32,
@@ -215,6 +255,7 @@ pub mod names {
     pub const MONITOR_FILTER: &str = "MONITOR_FILTER";
     pub const MONITOR_RECORDS: &str = "MONITOR_RECORDS";
     pub const MONITOR_LOST: &str = "MONITOR_LOST";
+    pub const OWNERSHIP: &str = "OWNERSHIP";
     pub const DECAP_VIPS: &str = "DECAP_VIPS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
 }
