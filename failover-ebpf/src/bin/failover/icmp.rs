@@ -27,7 +27,7 @@ pub fn handle(ctx: &XdpContext, l3: &L3, l4: &L4, routed: &mut Routed) -> Verdic
     let echo = if v4 { kind == ICMP_ECHO_REQUEST } else { kind == ICMPV6_ECHO_REQUEST };
     if echo {
         return match vip::address_entry(l3.family, &l3.destination) {
-            Some(meta) if meta.flags & VIP_OWNED != 0 => echo_reply(ctx, l3),
+            Some(meta) if vip::owns(&meta) => echo_reply(ctx, l3),
             Some(_) => Verdict::pass(stats::PASS_NOT_OWNED),
             None => Verdict::pass(stats::PASS_NOT_VIP),
         };

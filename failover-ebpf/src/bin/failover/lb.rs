@@ -21,7 +21,7 @@ use crate::{
     icmp,
     maps::*,
     stats as count,
-    vip::{lookup_vip, may_be_vip_address, unusable},
+    vip::{lookup_vip, may_be_vip_address, owns, unusable},
 };
 
 /// Handles one packet.
@@ -117,7 +117,7 @@ fn is_icmp(l3: &L3) -> bool {
 /// not added to the parser's.
 #[inline(never)]
 pub fn service(ctx: &XdpContext, l3: &L3, meta: &VipMeta, key: &FlowKey, track: bool) -> Verdict {
-    if meta.flags & VIP_OWNED == 0 {
+    if !owns(meta) {
         return Verdict::pass(stats::PASS_NOT_OWNED);
     }
     let Some(config) = config() else {

@@ -29,6 +29,12 @@ pub static VIPS: HashMap<VipKey, VipMeta, { MAX_VIPS as usize * 2 }, { BPF_F_NO_
 #[btf_map]
 pub static ADDRESS_FILTER: Array<u8, { ADDRESS_FILTER_SLOTS as usize }> = Array::new();
 
+/// group index -> OWNERSHIP_OWNED (this node serves the group's VIPs) or OWNERSHIP_RELEASED.
+/// The election task writes it, nobody else: a takeover or release of a whole group is one
+/// write. Read for VIPs whose flags name a group (`vip::owns`).
+#[btf_map]
+pub static OWNERSHIP: Array<u32, { MAX_GROUPS as usize }> = Array::new();
+
 /// backend id -> tunnel address, family, owning VIP. Controller writes, before any table names
 /// the id.
 #[btf_map]

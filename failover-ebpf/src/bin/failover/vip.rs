@@ -5,7 +5,7 @@
 use failover_common::{hash, maps::*, stats};
 use failover_ebpf::{parse::L3, verdict::Verdict};
 
-use crate::maps::{ADDRESS_FILTER, VIPS};
+use crate::maps::{ADDRESS_FILTER, OWNERSHIP, VIPS};
 
 /// The cheap pre-check: one inlined array load.
 #[inline(always)]
@@ -38,6 +38,21 @@ pub fn lookup_vip(family: u8, address: &[u32; 4], port: u16, protocol: u8) -> Op
     VIPS.get_ptr(key).map(|meta| unsafe { *meta })
 }
 
+/// Whether this node serves the VIP (service or address entry) `meta`: a VIP without a group
+/// by its own `VIP_OWNED` flag, a grouped one by its group's `OWNERSHIP` entry (one inlined
+/// array load). The only place that decides ownership.
+#[inline(always)]
+pub fn owns(meta: &VipMeta) -> bool {
+    let group = vip_group(meta.flags);
+    if group == 0 {
+        return meta.flags & VIP_OWNED != 0;
+    }
+    match OWNERSHIP.get(group) {
+        Some(owned) => *owned != 0,
+        None => false,
+    }
+}
+
 /// What to do with a packet that is unusable: drop it if it is traffic for a VIP this node
 /// owns, otherwise leave it to the kernel as if we were not here.
 #[inline(always)]
@@ -49,7 +64,7 @@ pub fn unusable(l3: &L3, reason: u32) -> Verdict {
 #[inline(always)]
 pub fn unusable_at(address: Option<VipMeta>, reason: u32) -> Verdict {
     match address {
-        Some(meta) if meta.flags & VIP_OWNED != 0 => Verdict::drop(reason),
+        Some(meta) if owns(&meta) => Verdict::drop(reason),
         Some(_) => Verdict::pass(stats::PASS_NOT_OWNED),
         None => Verdict::pass(stats::PASS_NOT_VIP),
     }
