@@ -146,6 +146,32 @@ fn vips_exist_and_follow_one_group() {
 }
 
 #[test]
+fn every_vip_at_one_address_follows_the_same_election() {
+    // Lines 14 to 21: a second VIP at web's address.
+    let api = "[[vip]]\nname = \"api\"\naddress = \"203.0.113.10\"\nport = 443\nprotocol = \"tcp\"\n[[vip.backend]]\naddress = \"198.51.100.2\"\nprobe = { kind = \"icmp\" }\n";
+    assert!(parse(&format!("{BASE}{api}{GROUP}vips = [\"web\", \"api\"]\n"), "test.toml").is_ok());
+    assert!(parse(&format!("{BASE}{api}"), "test.toml").is_ok(), "no election at all");
+    assert_problem(
+        &format!("{api}{GROUP}vips = [\"web\"]\n"),
+        "test.toml:27: election[0].vips[0]: VIP \"api\" follows no election but VIP \"web\" at the same address 203.0.113.10 follows election[0]: every VIP at one address follows the same election",
+    );
+    let second = GROUP.replace("\"edge\"", "\"other\"").replace("vrid = 51", "vrid = 52");
+    assert_problem(
+        &format!("{api}{GROUP}vips = [\"web\"]\n{second}vips = [\"api\"]\n"),
+        "test.toml:33: election[1].vips[0]: VIP \"api\" follows election[1] but VIP \"web\" at the same address 203.0.113.10 follows election[0]: every VIP at one address follows the same election",
+    );
+}
+
+#[test]
+fn at_most_255_elections() {
+    let groups: String = (0..256)
+        .map(|n| format!("[[election]]\nname = \"g{n}\"\ninterface = \"eth{}\"\nvrid = {}\naddresses = [\"10.0.0.1\"]\n", n / 200, n % 200 + 1))
+        .collect();
+    let problems = problems(&format!("{BASE}{groups}"));
+    assert!(problems.iter().any(|problem| problem.ends_with("election[255]: at most 255 elections, got 256")), "{problems:#?}");
+}
+
+#[test]
 fn names_and_vrids_are_unique() {
     assert_problem(&format!("{GROUP}{}", GROUP.replace("vrid = 51", "vrid = 52")), "test.toml:20: election[1].name: duplicate election name \"edge\" (also election[0])");
     assert_problem(

@@ -16,12 +16,14 @@ const DEFAULT_GARP_MASTER_DELAY: Duration = Duration::from_secs(5);
 /// keepalived's `garp_master_repeat` default.
 const DEFAULT_GARP_MASTER_REPEAT: u32 = 5;
 const DEFAULT_PRIORITY: u8 = 100;
+/// Elections are ownership groups 1..=255 in the data plane (`failover_common::maps::MAX_GROUPS`).
+const MAX_ELECTIONS: usize = failover_common::maps::MAX_GROUPS as usize - 1;
 
 impl Validator {
     pub(super) fn elections(&mut self, raw: Vec<RawElection>, vips: &[Vip], defaults: &Defaults) -> Vec<Election> {
         let elections: Vec<Election> =
             raw.into_iter().enumerate().map(|(index, election)| self.election(index, election, vips, defaults)).collect();
-        self.across_elections(&elections);
+        self.across_elections(&elections, vips);
         elections
     }
 
@@ -196,10 +198,14 @@ impl Validator {
         Track { kind, weight }
     }
 
-    fn across_elections(&mut self, elections: &[Election]) {
+    fn across_elections(&mut self, elections: &[Election], vips: &[Vip]) {
+        // Group indexes (`OWNERSHIP`, 1..=255) are positions in this list plus one.
+        if elections.len() > MAX_ELECTIONS {
+            self.problem(format!("election[{MAX_ELECTIONS}]"), format!("at most {MAX_ELECTIONS} elections, got {}", elections.len()));
+        }
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut groups: HashMap<(&str, u8, bool), usize> = HashMap::new();
-        let mut followed: HashMap<&str, usize> = HashMap::new();
+        let mut followed: HashMap<&str, (usize, usize)> = HashMap::new();
         for (index, election) in elections.iter().enumerate() {
             if !election.name.is_empty() {
                 if let Some(first) = names.insert(&election.name, index) {
@@ -215,10 +221,46 @@ impl Validator {
                 }
             }
             for (number, vip) in election.vips.iter().enumerate() {
-                if let Some(first) = followed.insert(vip, index) {
-                    self.problem(format!("election[{index}].vips[{number}]"), format!("VIP {vip:?} already follows election[{first}]"));
+                match followed.get(vip.as_str()) {
+                    Some((first, _)) => {
+                        self.problem(format!("election[{index}].vips[{number}]"), format!("VIP {vip:?} already follows election[{first}]"));
+                    }
+                    None => {
+                        followed.insert(vip, (index, number));
+                    }
                 }
             }
+        }
+        self.one_election_per_address(vips, &followed);
+    }
+
+    /// Every VIP at one address follows the same election, or none: the address entry of the
+    /// address answers for all of them (ICMP echo and errors, unusable packets) and carries one
+    /// ownership group.
+    fn one_election_per_address(&mut self, vips: &[Vip], followed: &HashMap<&str, (usize, usize)>) {
+        let mut first_at: HashMap<IpAddr, &Vip> = HashMap::new();
+        for vip in vips {
+            let Some(first) = first_at.get(&vip.address) else {
+                first_at.insert(vip.address, vip);
+                continue;
+            };
+            let (mine, theirs) = (followed.get(vip.name.as_str()), followed.get(first.name.as_str()));
+            if mine.map(|(index, _)| index) == theirs.map(|(index, _)| index) {
+                continue;
+            }
+            let Some((index, number)) = mine.or(theirs) else { continue };
+            let describe = |follows: Option<&(usize, usize)>| follows.map_or_else(|| "no election".to_string(), |(index, _)| format!("election[{index}]"));
+            self.problem(
+                format!("election[{index}].vips[{number}]"),
+                format!(
+                    "VIP {:?} follows {} but VIP {:?} at the same address {} follows {}: every VIP at one address follows the same election",
+                    vip.name,
+                    describe(mine),
+                    first.name,
+                    vip.address,
+                    describe(theirs)
+                ),
+            );
         }
     }
 }
