@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod netlink;
 pub mod objects;
+pub mod ownership;
 pub mod paths;
 pub mod pin;
 pub mod probe;

@@ -23,6 +23,7 @@ use thiserror::Error;
 use crate::{
     maps::{Counters, MapWriteError, MapWriter},
     objects,
+    ownership::{Ownership, OwnershipError},
     paths::InstancePaths,
 };
 
@@ -41,6 +42,8 @@ pub enum LoadError {
     MissingProgram(&'static str),
     #[error(transparent)]
     Maps(#[from] MapWriteError),
+    #[error(transparent)]
+    Ownership(#[from] OwnershipError),
     #[error("map {name}: {source}")]
     Map { name: &'static str, #[source] source: MapError },
     #[error("{} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` (inside `ip netns exec`, which remounts /sys, use `failover-ctl --netns NAME` instead)", .0.display())]
@@ -122,6 +125,9 @@ pub struct Dataplane {
     pub loaded: Loaded,
     pub writer: MapWriter,
     pub counters: Counters,
+    /// `OWNERSHIP`, which the writer never writes; handed out by [`Dataplane::ownership`].
+    /// `None` for adopted pins of a program older than elections.
+    ownership: Option<Ownership>,
 }
 
 /// `BPF_FS_MAGIC` from `linux/magic.h`.
@@ -216,10 +222,15 @@ fn load_object(options: LoadOptions) -> Result<Ebpf, LoadError> {
 impl Dataplane {
     /// Loads and verifies the load-balancer program (not attached anywhere yet).
     pub fn load(options: LoadOptions) -> Result<Self, LoadError> {
-        let mut ebpf = load_object(options)?;
+        let ebpf = load_object(options)?;
+        Self::from_object(ebpf)
+    }
+
+    fn from_object(mut ebpf: Ebpf) -> Result<Self, LoadError> {
+        let ownership = Ownership::from_object(&ebpf)?;
         let writer = MapWriter::new(&mut ebpf)?;
         let counters = Counters::new(&mut ebpf)?;
-        Ok(Self { loaded: Loaded::Object(ebpf), writer, counters })
+        Ok(Self { loaded: Loaded::Object(ebpf), writer, counters, ownership: Some(ownership) })
     }
 
     /// Loads as [`Dataplane::load`] does and pins every map under `paths.maps_dir()` and the
@@ -245,9 +256,7 @@ impl Dataplane {
             let _ = std::fs::remove_dir(&maps_dir);
             return Err(error);
         }
-        let writer = MapWriter::new(&mut ebpf)?;
-        let counters = Counters::new(&mut ebpf)?;
-        Ok(Self { loaded: Loaded::Object(ebpf), writer, counters })
+        Self::from_object(ebpf)
     }
 
     /// Pins the maps and the program, recording each pin made in `pinned`.
@@ -271,7 +280,20 @@ impl Dataplane {
         let program = open_pinned_program(paths)?;
         let writer = MapWriter::adopt(paths)?;
         let counters = Counters::open_pinned(paths)?;
-        Ok(Self { loaded: Loaded::Pinned(Box::new(program)), writer, counters })
+        // Pins of a program older than elections have no OWNERSHIP: that program serves by
+        // `VIP_OWNED` alone, and only an election task needs the map (see DESIGN.md).
+        let ownership = match Ownership::open_pinned(paths) {
+            Ok(ownership) => Some(ownership),
+            Err(OwnershipError::MissingPin(_)) => None,
+            Err(error) => return Err(error.into()),
+        };
+        Ok(Self { loaded: Loaded::Pinned(Box::new(program)), writer, counters, ownership })
+    }
+
+    /// A handle on `OWNERSHIP` for the election task, with its own file descriptor (it may
+    /// move to another thread). Fails for adopted pins of a program older than elections.
+    pub fn ownership(&self) -> Result<Ownership, OwnershipError> {
+        self.ownership.as_ref().ok_or(OwnershipError::Missing)?.try_clone()
     }
 
     /// The loaded program, for `test_run` and attaching.

@@ -5,11 +5,12 @@ use aya::{
     maps::{Array, HashMap, MapData},
     programs::Xdp,
 };
-use failover_common::maps::{names, Backend, Config, FlowKey, FlowValue, VipKey, VipMeta};
+use failover_common::maps::{names, vip_group, Backend, Config, FlowKey, FlowValue, VipKey, VipMeta, VIP_OWNED};
 
 use crate::{
     loader::{self, LoadError},
     maps::{Counters, MapSource, MapWriteError},
+    ownership::{Ownership, OwnershipError},
     paths::InstancePaths,
     table_pool::{Region, TablePool},
 };
@@ -25,6 +26,8 @@ pub struct PinnedView {
     config_active: Array<MapData, u32>,
     pool: TablePool,
     counters: Counters,
+    /// `None` for pins of a program older than elections.
+    ownership: Option<Ownership>,
 }
 
 fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> MapWriteError {
@@ -49,7 +52,23 @@ impl PinnedView {
             config_active: source.typed(names::CONFIG_ACTIVE)?,
             pool: source.pool(false)?,
             counters: Counters::open_pinned(paths)?,
+            ownership: match Ownership::open_pinned(paths) {
+                Ok(ownership) => Some(ownership),
+                Err(OwnershipError::MissingPin(_)) => None,
+                Err(error) => return Err(error.into()),
+            },
         })
+    }
+
+    /// Whether the data plane serves the VIP `meta` now: as the program decides (`vip::owns`),
+    /// by its own flag without a group, by its group's `OWNERSHIP` entry with one. A program
+    /// older than elections (no `OWNERSHIP` pin) reads the flag alone.
+    pub fn owned(&self, meta: &VipMeta) -> Result<bool, OwnershipError> {
+        let group = vip_group(meta.flags);
+        match &self.ownership {
+            Some(ownership) if group != 0 => ownership.get(group as u8),
+            _ => Ok(meta.flags & VIP_OWNED != 0),
+        }
     }
 
     /// The pinned program (for `test_run`).

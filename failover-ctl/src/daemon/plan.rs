@@ -6,12 +6,12 @@ use std::{collections::BTreeMap, net::IpAddr};
 use failover_common::maps::{
     Backend, VipKey, VipMeta, HEALTH_DOWN, HEALTH_DRAINING, HEALTH_UP, MAX_BACKENDS,
     MAX_VIPS, PROTOCOL_ADDRESS, PROTOCOL_TCP, PROTOCOL_UDP, VIP_ALL_DOWN_PASS,
-    VIP_HASH_SOURCE_ONLY, VIP_OWNED,
+    VIP_HASH_SOURCE_ONLY, VIP_OWNED, with_vip_group,
 };
 
 use crate::{
     address,
-    config::{self, AllDown, HashMode, Protocol, Tier},
+    config::{self, AllDown, Config, HashMode, Protocol, Tier},
     maglev::{self, MaglevBackend, MaglevError},
 };
 
@@ -55,19 +55,37 @@ pub fn vip_key(vip: &config::Vip) -> VipKey {
     VipKey { address: words, port: vip.port.to_be(), protocol, family }
 }
 
-/// The `VIP_*` flags of a configured VIP.
-pub fn vip_flags(vip: &config::Vip) -> u32 {
+/// The ownership group of the VIP named `vip` (its index in `OWNERSHIP`): the position of the
+/// `[[election]]` it follows in `config.elections`, plus one; 0 when it follows none. The
+/// configuration holds at most 255 elections. A reload that reorders the elections renumbers
+/// their groups: the election task writes `OWNERSHIP` by the numbers of the configuration in
+/// force.
+pub fn group_index(config: &Config, vip: &str) -> u8 {
+    config
+        .elections
+        .iter()
+        .position(|election| election.vips.iter().any(|name| name == vip))
+        .and_then(|position| u8::try_from(position + 1).ok())
+        .unwrap_or(0)
+}
+
+/// The `VIP_*` flags of a configured VIP in ownership group `group` ([`group_index`]). A VIP
+/// without a group is served by its `owned` setting (`VIP_OWNED`); a grouped one by its
+/// group's `OWNERSHIP` entry alone, so `VIP_OWNED` stays clear: a program older than
+/// elections, which ignores the group bits, then never serves it (rather than serving it on
+/// every node at once).
+pub fn vip_flags(vip: &config::Vip, group: u8) -> u32 {
     let mut flags = 0;
     if vip.hash == HashMode::Source {
         flags |= VIP_HASH_SOURCE_ONLY;
     }
-    if vip.owned {
+    if vip.owned && group == 0 {
         flags |= VIP_OWNED;
     }
     if vip.all_down == AllDown::Pass {
         flags |= VIP_ALL_DOWN_PASS;
     }
-    flags
+    with_vip_group(flags, group)
 }
 
 /// The `BACKENDS` entry of a backend of VIP `vip_id`.
@@ -217,7 +235,7 @@ fn maglev_key(address: IpAddr) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use failover_common::maps::FAMILY_IPV4;
+    use failover_common::maps::{vip_group, FAMILY_IPV4, VIP_GROUP_SHIFT};
 
     fn member(id: u32, tier: Tier, up: bool) -> Member {
         Member {
@@ -309,6 +327,57 @@ mod tests {
         assert_eq!(ids.vip(key).unwrap(), 7);
         assert_eq!(ids.backend(7, "10.0.0.9".parse().unwrap()).unwrap(), 42);
         assert_eq!(ids.backend(7, "10.0.0.10".parse().unwrap()).unwrap(), 43);
+    }
+
+    #[test]
+    fn grouped_vips_carry_their_election_position_and_no_owned_bit() {
+        let text = "\
+interfaces = [\"eth0\"]
+next_hop = { mac = \"02:00:00:00:00:01\" }
+tunnel = { source_v4 = \"192.0.2.0/24\" }
+[[vip]]
+name = \"web\"
+address = \"203.0.113.10\"
+port = 80
+protocol = \"tcp\"
+backend = [{ address = \"198.51.100.1\" }]
+[[vip]]
+name = \"dns\"
+address = \"203.0.113.11\"
+port = 53
+protocol = \"udp\"
+backend = [{ address = \"198.51.100.2\", probe = { kind = \"icmp\" } }]
+[[vip]]
+name = \"alone\"
+address = \"203.0.113.12\"
+port = 80
+protocol = \"tcp\"
+hash = \"source\"
+backend = [{ address = \"198.51.100.3\" }]
+[[election]]
+name = \"first\"
+interface = \"eth1\"
+vrid = 1
+addresses = [\"10.0.0.1\"]
+vips = [\"dns\"]
+[[election]]
+name = \"second\"
+interface = \"eth1\"
+vrid = 2
+addresses = [\"10.0.0.2\"]
+vips = [\"web\"]
+";
+        let config = config::parse(text, "test.toml").unwrap();
+        let flags = |name: &str| {
+            let vip = config.vips.iter().find(|vip| vip.name == name).unwrap();
+            vip_flags(vip, group_index(&config, name))
+        };
+        assert_eq!(group_index(&config, "dns"), 1);
+        assert_eq!(group_index(&config, "web"), 2);
+        assert_eq!(group_index(&config, "alone"), 0);
+        assert_eq!(flags("web"), 2 << VIP_GROUP_SHIFT, "a grouped VIP leaves VIP_OWNED to its group");
+        assert_eq!(vip_group(flags("dns")), 1);
+        assert_eq!(flags("alone"), VIP_OWNED | VIP_HASH_SOURCE_ONLY);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! publication contract written down in `failover_common::maps` and keeps a mirror of what it
 //! published, so that every change is validated before the first map is touched.
 
+mod address_entry;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     os::fd::AsFd,
@@ -19,6 +21,7 @@ use failover_common::{
 };
 use thiserror::Error;
 
+use address_entry::AddressState;
 use crate::{
     grace::GracePeriod,
     paths::InstancePaths,
@@ -72,12 +75,6 @@ struct PublishedVip {
 struct BackendEntry {
     backend: Backend,
     health: u32,
-}
-
-#[derive(Debug, Default)]
-struct AddressState {
-    services: u32,
-    owned: u32,
 }
 
 fn describe(key: &VipKey) -> String {
@@ -255,6 +252,10 @@ impl MapWriter {
 
     /// Publishes `table` (slot -> backend id) for the VIP `key`: the table is written into a
     /// region no packet reads, then the VIP entry is switched in one update.
+    ///
+    /// The address entry at the VIP's address takes this VIP's ownership group: services at one
+    /// address share a group (the configuration requires it), so they differ only while a
+    /// reload moves the address to another group, one service after the other.
     pub fn publish_vip(&mut self, key: VipKey, settings: VipSettings, table: &[u32]) -> Result<(), MapWriteError> {
         let name = describe(&key);
         let invalid = |why: String| MapWriteError::Vip(name.clone(), why);
@@ -305,7 +306,7 @@ impl MapWriter {
         // a publish wait for a grace period; otherwise retired regions are reclaimed later
         // ([`MapWriter::reclaim`]), off the failover path.
         let previous = self.published.get(&key);
-        let was_owned = previous.map(|vip| vip.meta.flags & VIP_OWNED != 0);
+        let previous_flags = previous.map(|vip| vip.meta.flags);
         let standby = previous.and_then(|vip| vip.standby).filter(|(region, _)| region.len == len);
         let mut reuse = standby.filter(|(_, retired)| *retired < self.grace_epoch).map(|(region, _)| region);
         let target = match reuse {
@@ -333,8 +334,7 @@ impl MapWriter {
             return Err(MapWriteError::Map { name: names::VIPS, source });
         }
         // Published. Bring the address entry and filter up to date, then the mirror.
-        let owned = settings.flags & VIP_OWNED != 0;
-        self.address_changed(key.family, key.address, was_owned, Some(owned))?;
+        self.address_changed(key.family, key.address, previous_flags, Some(settings.flags))?;
         let epoch = self.grace_epoch;
         match self.published.remove(&key) {
             Some(mut vip) => {
@@ -361,10 +361,10 @@ impl MapWriter {
         let Some(vip) = self.published.get(&key) else {
             return Err(MapWriteError::Vip(describe(&key), "is not published".into()));
         };
-        let owned = vip.meta.flags & VIP_OWNED != 0;
+        let flags = vip.meta.flags;
         self.vips.remove(&key).map_err(map_error(names::VIPS))?;
         let Some(vip) = self.published.remove(&key) else { return Ok(()) };
-        self.address_changed(key.family, key.address, Some(owned), None)?;
+        self.address_changed(key.family, key.address, Some(flags), None)?;
         self.wait_grace()?;
         self.pool.release(vip.active);
         if let Some((region, _)) = vip.standby {
@@ -373,21 +373,21 @@ impl MapWriter {
         Ok(())
     }
 
-    /// Keeps the address entry (owned if any service at the address is) and the filter bit in
-    /// step with the services at `address`. `before`/`after`: the ownership of the service that
-    /// changed, `None` where it does not exist.
-    fn address_changed(&mut self, family: u8, address: [u32; 4], before: Option<bool>, after: Option<bool>) -> Result<(), MapWriteError> {
+    /// Keeps the address entry (owned if any service at the address is, the group of the
+    /// service that changed last) and the filter bit in step with the services at `address`.
+    /// `before`/`after`: the flags of the service that changed, `None` where it does not exist.
+    fn address_changed(&mut self, family: u8, address: [u32; 4], before: Option<u32>, after: Option<u32>) -> Result<(), MapWriteError> {
         let state = self.addresses.entry((family, address)).or_default();
-        let (old_services, old_owned) = (state.services, state.owned);
-        if let Some(owned) = before {
-            state.services -= 1;
-            state.owned -= owned as u32;
+        let (old_services, old_flags) = (state.services, state.flags());
+        if let Some(flags) = before {
+            state.remove(flags);
         }
-        if let Some(owned) = after {
-            state.services += 1;
-            state.owned += owned as u32;
+        if let Some(flags) = after {
+            state.add(flags);
+            state.group = vip_group(flags);
         }
-        let (services, owned) = (state.services, state.owned);
+        state.settle_group();
+        let (services, flags) = (state.services, state.flags());
         let key = VipKey { address, port: 0, protocol: PROTOCOL_ADDRESS, family };
         let index = hash::address_filter_index(&address);
         if services == 0 {
@@ -401,8 +401,7 @@ impl MapWriter {
             }
             return Ok(());
         }
-        if old_services == 0 || (old_owned > 0) != (owned > 0) {
-            let flags = if owned > 0 { VIP_OWNED } else { 0 };
+        if old_services == 0 || flags != old_flags {
             self.vips.insert(key, VipMeta { vip_id: 0, flags, table_offset: 0, table_size: 0 }, 0).map_err(map_error(names::VIPS))?;
         }
         if old_services == 0 {
@@ -524,9 +523,7 @@ impl MapWriter {
             self.pool.check(region).map_err(|error| corrupt(format!("VIP {name}: {error}")))?;
             let members: BTreeSet<u32> = self.pool.read(region).into_iter().collect();
             regions.push(region);
-            let state = self.addresses.entry((key.family, key.address)).or_default();
-            state.services += 1;
-            state.owned += u32::from(meta.flags & VIP_OWNED != 0);
+            self.addresses.entry((key.family, key.address)).or_default().add(meta.flags);
             self.published.insert(key, PublishedVip { meta, active: region, standby: None, members });
         }
         self.pool.set_allocated(&regions).map_err(|error| {
@@ -561,10 +558,14 @@ impl MapWriter {
         }
 
         // Repair what an interrupted change left behind, in the order of the contract: address
-        // entries first, filter bits after them.
-        for ((family, address), state) in &self.addresses {
-            let flags = if state.owned > 0 { VIP_OWNED } else { 0 };
-            if address_entries.remove(&(*family, *address)) != Some(flags) {
+        // entries first, filter bits after them. An entry keeps its group while a service at
+        // the address has it (a reload moving the address between groups was interrupted).
+        for ((family, address), state) in &mut self.addresses {
+            let written = address_entries.remove(&(*family, *address));
+            state.group = written.map_or(0, vip_group);
+            state.settle_group();
+            let flags = state.flags();
+            if written != Some(flags) {
                 let key = VipKey { address: *address, port: 0, protocol: PROTOCOL_ADDRESS, family: *family };
                 let meta = VipMeta { vip_id: 0, flags, table_offset: 0, table_size: 0 };
                 self.vips.insert(key, meta, 0).map_err(map_error(names::VIPS))?;

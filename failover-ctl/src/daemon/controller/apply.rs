@@ -163,7 +163,7 @@ impl Controller {
         }
         for vip in &plan.vips {
             let old = self.vips.iter().find(|old| old.key == vip.key);
-            let flags = plan::vip_flags(&vip.config);
+            let flags = plan::vip_flags(&vip.config, plan::group_index(&config, &vip.config.name));
             let published = self.dataplane.writer.vip(&vip.key);
             let same = published.is_some_and(|meta| meta.flags == flags && meta.vip_id == vip.vip_id)
                 && old.is_some_and(|old| old.table == vip.table);

@@ -114,7 +114,8 @@ impl Controller {
         let members = members(vip, &self.backends);
         let table = plan::table(&members, vip.config.table_size)?;
         if table != vip.table {
-            let settings = VipSettings { vip_id: vip.vip_id, flags: plan::vip_flags(&vip.config) };
+            let flags = plan::vip_flags(&vip.config, plan::group_index(&self.config, &vip.config.name));
+            let settings = VipSettings { vip_id: vip.vip_id, flags };
             self.dataplane.writer.publish_vip(vip.key, settings, &table)?;
             let vip = &mut self.vips[index];
             vip.table = table;
