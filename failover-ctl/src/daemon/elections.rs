@@ -19,7 +19,18 @@ use crate::{
     config::Config,
     election::runtime::{self, Command, OwnershipStore, Resolved, Runtime},
     netlink::Netlink,
+    ownership::Ownership,
 };
+
+impl OwnershipStore for Ownership {
+    fn set(&mut self, group: u8, owned: bool) -> anyhow::Result<()> {
+        Ok(Ownership::set(self, group, owned)?)
+    }
+
+    fn get(&self, group: u8) -> anyhow::Result<bool> {
+        Ok(Ownership::get(self, group)?)
+    }
+}
 
 /// How long a stopping daemon waits for the groups' last adverts.
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);

@@ -29,6 +29,7 @@ use crate::{
     loader::{self, Dataplane, LoadOptions},
     metrics::{self, Traffic},
     netlink::Netlink,
+    ownership::Ownership,
     paths::InstancePaths,
     pin::PinnedView,
 };
@@ -162,6 +163,15 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             }
         });
 
+        // The election task first: it takes the state owner's updates from the start, and
+        // stays ineligible for mastership until the state owner says every backend has a
+        // verdict.
+        let ownership = Ownership::open_pinned(&paths).context("opening the ownership map")?;
+        let (elections, election_task) = match super::elections::start(&config, netlink.clone(), Box::new(ownership), sender.clone()).await? {
+            Some((handle, task)) => (Some(handle), Some(task)),
+            None => (None, None),
+        };
+
         // The state owner, on its own thread.
         let (ready, started) = oneshot::channel();
         let start = Start {
@@ -176,7 +186,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             probe_sender,
             runtime: tokio::runtime::Handle::current(),
             previous: if adopted { previous } else { None },
-            elections: None,
+            elections,
         };
         let owner = std::thread::Builder::new().name("state-owner".into()).spawn(move || {
             let mut controller = match Controller::start(start) {
@@ -246,6 +256,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             }
         }
         tracing::info!("stopping; the data plane stays attached and keeps forwarding");
+        if let Some(task) = election_task {
+            task.stop().await;
+        }
         let _ = sender.send(Message::Shutdown).await;
         let _ = tokio::task::spawn_blocking(move || owner.join()).await;
         let _ = std::fs::remove_file(&socket);

@@ -61,9 +61,13 @@ pub struct Announcer {
     mac: [u8; 6],
     /// AF_PACKET socket for ARP frames.
     packet: OwnedFd,
-    /// ICMPv6 socket for neighbour advertisements, bound to the interface's link-local address;
-    /// `None` when the interface has none (no IPv6 addresses to announce then).
-    icmpv6: Option<Socket>,
+    interface: String,
+    /// The source of neighbour advertisements.
+    link_local: Option<Ipv6Addr>,
+    /// ICMPv6 socket for neighbour advertisements, bound to `link_local`; opened at the first
+    /// IPv6 announcement (a fresh link-local address is tentative until duplicate address
+    /// detection ends, and cannot be bound before).
+    icmpv6: std::sync::Mutex<Option<Socket>>,
 }
 
 impl Announcer {
@@ -77,19 +81,20 @@ impl Announcer {
         }
         // SAFETY: a fresh fd nobody else owns.
         let packet = unsafe { OwnedFd::from_raw_fd(fd) };
-        let icmpv6 = match link_local {
-            Some(source) => {
-                let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
-                socket.bind_device(Some(interface.as_bytes()))?;
-                socket.set_multicast_if_v6(index)?;
-                socket.set_multicast_hops_v6(255)?;
-                socket.set_unicast_hops_v6(255)?;
-                socket.bind(&SockAddr::from(SocketAddrV6::new(source, 0, 0, index)))?;
-                Some(socket)
-            }
-            None => None,
+        Ok(Self { index, mac, packet, interface: interface.to_owned(), link_local, icmpv6: std::sync::Mutex::new(None) })
+    }
+
+    fn open_icmpv6(&self) -> io::Result<Socket> {
+        let Some(source) = self.link_local else {
+            return Err(io::Error::new(io::ErrorKind::AddrNotAvailable, "no IPv6 link-local address to announce from"));
         };
-        Ok(Self { index, mac, packet, icmpv6 })
+        let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+        socket.bind_device(Some(self.interface.as_bytes()))?;
+        socket.set_multicast_if_v6(self.index)?;
+        socket.set_multicast_hops_v6(255)?;
+        socket.set_unicast_hops_v6(255)?;
+        socket.bind(&SockAddr::from(SocketAddrV6::new(source, 0, 0, self.index)))?;
+        Ok(socket)
     }
 
     /// One announcement per address.
@@ -98,11 +103,14 @@ impl Announcer {
             match address {
                 IpAddr::V4(address) => self.send_frame(&gratuitous_arp(self.mac, *address))?,
                 IpAddr::V6(address) => {
-                    let Some(socket) = &self.icmpv6 else {
-                        return Err(io::Error::new(io::ErrorKind::AddrNotAvailable, "no IPv6 link-local address to announce from"));
-                    };
+                    let mut icmpv6 = self.icmpv6.lock().map_err(|_| io::Error::other("announcer lock poisoned"))?;
+                    if icmpv6.is_none() {
+                        *icmpv6 = Some(self.open_icmpv6()?);
+                    }
                     let destination = SockAddr::from(SocketAddrV6::new(ALL_NODES, 0, 0, self.index));
-                    socket.send_to(&unsolicited_na(self.mac, *address), &destination)?;
+                    if let Some(socket) = icmpv6.as_ref() {
+                        socket.send_to(&unsolicited_na(self.mac, *address), &destination)?;
+                    }
                 }
             }
         }
