@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::*;
+use super::{tests::problems, *};
 use crate::election::codec::ChecksumForm;
 
 /// Lines 1 to 13: the base keys and a VIP "web" (probes every 200 ms, rise 3) with one backend.
@@ -22,14 +22,6 @@ protocol = \"tcp\"
 address = \"198.51.100.1\"
 probe = { kind = \"tcp\", interval = \"200ms\", timeout = \"100ms\", rise = 3 }
 ";
-
-fn problems(text: &str) -> Vec<String> {
-    match parse(text, "test.toml") {
-        Ok(config) => panic!("expected an error, parsed {config:?}"),
-        Err(ConfigError::Invalid { problems }) => problems.iter().map(Problem::to_string).collect(),
-        Err(error) => panic!("unexpected error {error}"),
-    }
-}
 
 fn assert_problem(extra: &str, expected: &str) {
     let problems = problems(&format!("{BASE}{extra}"));

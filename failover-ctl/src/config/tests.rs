@@ -23,7 +23,7 @@ fn vip(name: &str, address: &str, port: u16) -> String {
     )
 }
 
-fn problems(text: &str) -> Vec<String> {
+pub(super) fn problems(text: &str) -> Vec<String> {
     match parse(text, "test.toml") {
         Ok(config) => panic!("expected an error, parsed {config:?}"),
         Err(ConfigError::Invalid { problems }) => problems.iter().map(Problem::to_string).collect(),
