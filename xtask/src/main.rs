@@ -1,8 +1,9 @@
-//! Developer tasks for failover, run as `cargo xtask <task>`: check the host, build the eBPF objects, run the tests, run the benchmarks, run the live lab, fuzz the data plane.
+//! Developer tasks for failover, run as `cargo xtask <task>`: check the host, build the eBPF objects, run the tests, run the benchmarks, run the live lab, fuzz the data plane, build a distribution directory.
 
 mod bench;
 mod build_ebpf;
 mod command;
+mod dist;
 mod doctor;
 mod fuzz;
 mod lab;
@@ -38,6 +39,10 @@ enum Task {
     /// `BPF_PROG_TEST_RUN`, every output checked against the README's rules (needs root;
     /// installs what is missing first). Fails on any violation.
     Fuzz(fuzz::Arguments),
+    /// Build failover-ctl in release and write what a package needs into target/dist/: the
+    /// binary, its man pages, bash / zsh / fish completions and the systemd unit (installs the
+    /// eBPF toolchain where missing).
+    Dist(dist::Arguments),
     /// List every prerequisite (packages, bpffs, kernel features, eBPF toolchain) as found or
     /// missing, with versions; fails when anything is missing. Installs nothing.
     Doctor,
@@ -50,6 +55,7 @@ fn main() -> ExitCode {
         Task::Bench(arguments) => bench::run(arguments),
         Task::Lab(arguments) => lab::run(arguments),
         Task::Fuzz(arguments) => fuzz::run(arguments),
+        Task::Dist(arguments) => dist::run(arguments),
         Task::Doctor => doctor::run(),
     };
     match result {

@@ -48,6 +48,11 @@ const PACKAGES: &[Package] = &[
         used_for: "checking the metrics, the alert rules and their unit tests",
     },
     Package {
+        name: "groff-base",
+        program: "groff",
+        used_for: "checking the man pages cargo xtask dist writes",
+    },
+    Package {
         name: "keepalived",
         program: "keepalived",
         used_for: "the VRRP peer our elections are proven against",
