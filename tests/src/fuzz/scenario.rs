@@ -1,6 +1,8 @@
-//! The map state the fuzzer runs against: sixteen VIP services covering every policy the data
+//! The map state the fuzzer runs against: eighteen VIP services covering every policy the data
 //! plane knows, written through the real map writer, plus the addresses around them (clients,
-//! non-VIP addresses, addresses that collide with a VIP in the address filter).
+//! non-VIP addresses, addresses that collide with a VIP in the address filter). Two services
+//! follow ownership groups: one whose group this node owns (`OWNERSHIP` written through the
+//! election task's handle), one whose group it does not (its `VIP_OWNED` flag set, and ignored).
 //!
 //! The state is static during a run, which is what lets the oracle demand that a flow keeps its
 //! backend. Tables come from the daemon's own planner (`plan::table`), so tiers are laid out
@@ -19,7 +21,7 @@ use failover_common::{
     hash, stats,
     maps::{
         Backend, Config, FlowKey, ADDRESS_FILTER_SLOTS, HEALTH_DOWN, HEALTH_DRAINING, HEALTH_UP, MAX_SLOT_PROBES,
-        PROTOCOL_TCP, PROTOCOL_UDP, VIP_ALL_DOWN_PASS, VIP_HASH_SOURCE_ONLY, VIP_OWNED,
+        PROTOCOL_TCP, PROTOCOL_UDP, VIP_ALL_DOWN_PASS, VIP_HASH_SOURCE_ONLY, VIP_OWNED, vip_group, with_vip_group,
     },
 };
 use failover_ctl::{
@@ -69,13 +71,16 @@ pub struct Service {
     pub port: u16,
     pub protocol: u8,
     pub flags: u32,
+    /// Whether this node serves it: by `VIP_OWNED`, or for a grouped service by its group's
+    /// `OWNERSHIP` entry as the scenario wrote it.
+    pub owned: bool,
     pub members: Vec<Member>,
     pub table: Vec<u32>,
 }
 
 impl Service {
     pub fn owned(&self) -> bool {
-        self.flags & VIP_OWNED != 0
+        self.owned
     }
 
     pub fn source_only(&self) -> bool {
@@ -157,6 +162,9 @@ fn declare(name: &'static str, address: IpAddr, port: u16, protocol: u8, flags: 
 const UP: u32 = HEALTH_UP;
 const DOWN: u32 = HEALTH_DOWN;
 const OWNED: u32 = VIP_OWNED;
+/// Ownership groups: this node owns the first (`OWNERSHIP[3] = 1`), not the second (0).
+const GROUP_OWNED: u8 = 3;
+const GROUP_RELEASED: u8 = 4;
 
 /// The VIP services, in vip id order (id = index + 1).
 fn declarations() -> Vec<Declared> {
@@ -217,6 +225,22 @@ fn declarations() -> Vec<Declared> {
             OWNED | VIP_ALL_DOWN_PASS,
             vec![primary(backend6(0x161), DOWN), primary(backend6(0x162), DOWN)],
         ),
+        declare(
+            "grouped, group owned",
+            vip6(0x17),
+            53,
+            udp,
+            with_vip_group(0, GROUP_OWNED),
+            (0x171..=0x172).map(|h| primary(backend6(h), UP)).collect(),
+        ),
+        declare(
+            "grouped, group not owned (VIP_OWNED ignored)",
+            vip4(17),
+            80,
+            tcp,
+            with_vip_group(OWNED, GROUP_RELEASED),
+            vec![primary(backend4(171), UP)],
+        ),
     ]
 }
 
@@ -263,16 +287,24 @@ impl Scenario {
                 .writer
                 .publish_vip(key, VipSettings { vip_id, flags: declared.flags }, &table)
                 .with_context(|| format!("publish {}", declared.name))?;
+            let owned = match vip_group(declared.flags) {
+                0 => declared.flags & VIP_OWNED != 0,
+                group => group == u32::from(GROUP_OWNED),
+            };
             services.push(Service {
                 name: declared.name,
                 address: declared.address,
                 port: declared.port,
                 protocol: declared.protocol,
                 flags: declared.flags,
+                owned,
                 members,
                 table,
             });
         }
+        let mut ownership = dataplane.ownership().context("the OWNERSHIP map")?;
+        ownership.set(GROUP_OWNED, true).context("take over the owned group")?;
+        ownership.set(GROUP_RELEASED, false).context("release the other group")?;
         let clients4 = (1..=CLIENTS).map(|n| v4(198, 51, 100, n)).collect();
         let clients6 = (1..=CLIENTS).map(|n| v6(0xc1, n as u16)).collect();
         let mut scenario = Scenario {
