@@ -151,6 +151,7 @@ pub struct Machine {
     master_interval_cs: u16,
     /// The master as last heard (ours while master).
     master: Option<IpAddr>,
+    /// When the group started, or last left Fault: preemption waits `preempt_delay` from it.
     started: Option<Instant>,
     advert_at: Option<Instant>,
     down_at: Option<Instant>,
@@ -396,6 +397,10 @@ impl Machine {
                 self.enter(State::Fault, Reason::Fault, actions);
             }
             (false, State::Fault) => {
+                // A node back from a fault is a returning node: its probes failed with it (a
+                // lost link takes them all down), so it preempts only after `preempt_delay`
+                // again, as after a start.
+                self.started = Some(now);
                 self.master_interval_cs = self.settings.interval_cs;
                 self.down_at = Some(now + self.master_down_interval());
                 self.enter(State::Backup, Reason::FaultCleared, actions);

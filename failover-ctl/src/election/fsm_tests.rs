@@ -186,6 +186,28 @@ fn preemption_waits_for_the_delay_after_start() {
 }
 
 #[test]
+fn preemption_waits_for_the_delay_again_after_a_fault() {
+    let t0 = Instant::now();
+    let mut config = settings(A);
+    config.preempt_delay = ms(2_000);
+    let mut machine = Machine::new(config, 200);
+    machine.handle(Event::Start { adopted: false }, t0);
+    machine.handle(Event::Timer, t0 + machine.master_down_interval());
+    assert_eq!(machine.state(), State::Master);
+    // Long after the start: the link goes, comes back, and a lower master took over meanwhile.
+    let back = t0 + ms(60_000);
+    machine.handle(Event::Fault(true), back - ms(5_000));
+    machine.handle(Event::Fault(false), back);
+    let lower = Event::Advert { source: B, priority: 100, interval_cs: 100 };
+    let mdi = machine.master_down_interval();
+    machine.handle(lower.clone(), back + ms(1_900));
+    assert_eq!(machine.deadline(), Some(back + ms(1_900) + mdi), "followed within the delay");
+    machine.handle(lower, back + ms(2_900));
+    assert_eq!(machine.deadline(), Some(back + ms(1_900) + mdi), "ignored after it");
+    assert_eq!(machine.handle(Event::Timer, back + ms(1_900) + mdi), mastership(200, State::Backup, Reason::MasterDown));
+}
+
+#[test]
 fn nopreempt_never_takes_over_a_live_master() {
     let t0 = Instant::now();
     let mut config = settings(A);

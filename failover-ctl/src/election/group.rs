@@ -73,6 +73,9 @@ pub struct Group {
     source: IpAddr,
     ours: Vec<IpAddr>,
     failed_tracks: Vec<bool>,
+    /// The group's own interface has no link: always tracked, as keepalived tracks a VRRP
+    /// instance's interface, and a fault like a failed track of weight 0.
+    link_down: bool,
     /// The operator's temporary priority (`election priority`), in place of the base.
     override_priority: Option<u8>,
     counters: Counters,
@@ -94,7 +97,17 @@ impl Group {
         };
         let machine = Machine::new(settings, spec.priority);
         let failed_tracks = vec![false; spec.track_weights.len()];
-        Self { spec, machine, source, ours, failed_tracks, override_priority: None, counters: Counters::default(), last_transition: None }
+        Self {
+            spec,
+            machine,
+            source,
+            ours,
+            failed_tracks,
+            link_down: false,
+            override_priority: None,
+            counters: Counters::default(),
+            last_transition: None,
+        }
     }
 
     pub fn spec(&self) -> &GroupSpec {
@@ -141,9 +154,25 @@ impl Group {
         self.spec.track_weights.iter().zip(&self.failed_tracks).filter(|(_, failed)| **failed).map(|(weight, _)| *weight)
     }
 
-    /// Whether a failed track of weight 0 puts the group in Fault.
+    /// Whether the group is in Fault: its interface has no link, or a failed track has weight 0.
     fn faulted(&self) -> bool {
-        self.failed_weights().any(|weight| weight == 0)
+        self.link_down || self.failed_weights().any(|weight| weight == 0)
+    }
+
+    /// Whether the group's own interface has no link.
+    pub fn link_down(&self) -> bool {
+        self.link_down
+    }
+
+    /// The group's own interface has its link (true) or lost it: a node cut off from the
+    /// segment goes to Fault (gives up its ownership and addresses) instead of staying master
+    /// on its own, and on its return preempts only after `preempt_delay`.
+    pub fn link(&mut self, up: bool, now: Instant) -> Vec<Action> {
+        if self.link_down != up {
+            return Vec::new();
+        }
+        self.link_down = !up;
+        self.handle(Event::Fault(self.faulted()), now)
     }
 
     /// Feeds the state machine; counts what it sends and records its transitions.

@@ -83,6 +83,25 @@ fn tracks_lower_the_priority_and_a_zero_weight_faults() {
 }
 
 #[test]
+fn the_groups_own_link_is_always_tracked() {
+    let now = Instant::now();
+    let mut spec = spec();
+    spec.track_weights.clear();
+    let mut group = started(spec, now);
+    group.handle(Event::Timer, now + group.machine().master_down_interval());
+    assert_eq!(group.machine().state(), State::Master);
+    assert_eq!(group.link(true, now), vec![], "a link that stays up changes nothing");
+    let actions = group.link(false, now + Duration::from_secs(1));
+    assert_eq!(group.machine().state(), State::Fault, "{actions:?}");
+    assert!(actions.contains(&Action::Own(false)) && actions.contains(&Action::Addresses(false)), "{actions:?}");
+    assert!(group.link_down());
+    assert_eq!(group.link(false, now + Duration::from_secs(2)), vec![]);
+    group.link(true, now + Duration::from_secs(3));
+    assert_eq!(group.machine().state(), State::Backup);
+    assert!(!group.link_down());
+}
+
+#[test]
 fn every_group_check_counts_and_changes_nothing() {
     let now = Instant::now();
     let mut group = started(spec(), now);

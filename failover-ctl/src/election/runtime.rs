@@ -288,10 +288,14 @@ impl Runtime {
         self.groups.iter().position(|running| running.resolved.spec.name == name)
     }
 
-    /// Interface tracks: the link must be up with a carrier.
+    /// The group's own interface and the interface tracks: the link must be up with a carrier.
     async fn poll_links(&mut self) {
         let now = Instant::now();
         for index in 0..self.groups.len() {
+            let own = self.groups[index].resolved.spec.interface.clone();
+            let up = matches!(self.netlink.interface(&own).await, Ok(interface) if interface.running);
+            let actions = self.groups[index].group.link(up, now);
+            self.carry_out(index, actions).await;
             let tracks = self.groups[index].resolved.election.tracks.clone();
             for (number, track) in tracks.iter().enumerate() {
                 let config::TrackKind::Interface(name) = &track.kind else { continue };
@@ -427,7 +431,13 @@ impl Runtime {
                         to: transition.to.name().into(),
                         reason: transition.reason.name().into(),
                     }),
-                    failed_tracks: running.group.failed_tracks(&running.track_names).into_iter().map(str::to_owned).collect(),
+                    failed_tracks: running
+                        .group
+                        .link_down()
+                        .then(|| format!("interface {} (the group's own)", running.resolved.spec.interface))
+                        .into_iter()
+                        .chain(running.group.failed_tracks(&running.track_names).into_iter().map(str::to_owned))
+                        .collect(),
                     counters,
                 }
             })
