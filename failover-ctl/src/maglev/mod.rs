@@ -24,6 +24,10 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
 
+mod digest;
+
+pub use digest::table_digest;
+
 /// Table size used when a VIP does not ask for one. Prime, and the paper's rule of at least 100
 /// slots per backend keeps every share within 1% up to 655 backends. Disruption needs more room:
 /// removing one of N backends moves about 1.02 / N of the slots at 10 backends, 1.57 / N at 100
