@@ -76,6 +76,7 @@ macro_rules! label_set {
 
 label_set!(InstanceLabels { instance: &'a str });
 label_set!(VipLabels { vip: &'a str });
+label_set!(VipTableLabels { vip: &'a str, digest: &'a str });
 label_set!(
     /// The traffic counters name the VIP by its address too: a dashboard can show either.
     VipTrafficLabels { vip: &'a str, address: &'a str, port: u16, protocol: &'a str }
@@ -155,6 +156,12 @@ impl Scrape {
                 let labels = VipLabels { vip: &vip.name };
                 (labels, ConstGauge::new(i64::from(vip.owned)))
             }),
+        )?;
+        info(
+            encoder,
+            "failover_vip_table",
+            "Always 1; the digest of the VIP's published table over slot -> backend address (equal on nodes that send every flow to the same backend).",
+            vips.iter().filter(|vip| !vip.table_digest.is_empty()).map(|vip| VipTableLabels { vip: &vip.name, digest: &vip.table_digest }),
         )?;
         let traffic = |field: fn(&Counter) -> u64| {
             vips.iter().filter_map(move |vip| {

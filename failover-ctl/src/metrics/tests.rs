@@ -52,6 +52,7 @@ fn status() -> Status {
                 protocol: "tcp".into(),
                 vip_id: 0,
                 owned: true,
+                table_digest: "0123456789abcdef".into(),
                 backends: vec![web_a, web_b],
                 ..VipStatus::default()
             },
@@ -140,6 +141,11 @@ fn families_have_the_expected_samples() {
         ["failover_info{instance=\"edge-1\"} 1"]
     );
     assert_eq!(lines_of(&text, "failover_adopted"), ["failover_adopted 1"]);
+    // Only the VIP with a digest has a table info sample.
+    assert_eq!(
+        lines_of(&text, "failover_vip_table_info"),
+        ["failover_vip_table_info{vip=\"web\",digest=\"0123456789abcdef\"} 1"]
+    );
     assert_eq!(
         lines_of(&text, "failover_vip_packets_total"),
         [

@@ -125,6 +125,13 @@ pub(super) fn backends_by_id(view: &PinnedView) -> anyhow::Result<BTreeMap<u32, 
     Ok(view.backends()?.into_iter().map(|(id, backend, health)| (id, (backend, health))).collect())
 }
 
+/// `maglev::table_digest` of a table read from the maps, with the addresses of `BACKENDS`.
+pub(super) fn table_digest(table: &[u32], backends: &BTreeMap<u32, (Backend, u32)>) -> String {
+    crate::maglev::table_digest(table, |id| {
+        backends.get(&id).and_then(|(backend, _)| crate::address::from_words(&backend.address, backend.family))
+    })
+}
+
 pub(super) fn backend_address(backends: &BTreeMap<u32, (Backend, u32)>, id: u32) -> String {
     backends.get(&id).map_or_else(|| "?".into(), |(backend, _)| ip(&backend.address, backend.family))
 }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::{
-    instance::{backend_address, backends_by_id, open, resolve_vip, vip_ref, State, VipRef},
+    instance::{backend_address, backends_by_id, open, resolve_vip, table_digest, vip_ref, State, VipRef},
     render::{emit, emit_json, health_name, round2, yes_no, Table},
     Target,
 };
@@ -32,6 +32,9 @@ struct TableView {
     vip: VipRef,
     table_size: u32,
     table_offset: u32,
+    /// Over slot -> backend address (`maglev::table_digest`): equal on nodes that send every
+    /// flow of the VIP to the same backend.
+    digest: String,
     state_file: &'static str,
     backends: Vec<TableRow>,
     max_deviation_points: Option<f64>,
@@ -98,6 +101,7 @@ pub fn table(target: &Target, vip: &str) -> anyhow::Result<()> {
         vip: vip_ref(&state, &key, &meta),
         table_size: meta.table_size,
         table_offset: meta.table_offset,
+        digest: table_digest(&slots, &backends),
         state_file: state.file,
         backends: rows,
         max_deviation_points: max_deviation,
@@ -106,12 +110,13 @@ pub fn table(target: &Target, vip: &str) -> anyhow::Result<()> {
         return emit_json(&report);
     }
     let mut text = format!(
-        "VIP {} {} (vip id {}): {} slots at offset {}\n",
+        "VIP {} {} (vip id {}): {} slots at offset {}, digest {}\n",
         state.vip_name(meta.vip_id),
         report.vip.address,
         meta.vip_id,
         meta.table_size,
-        meta.table_offset
+        meta.table_offset,
+        report.digest
     );
     let mut table =
         Table::new(&[">ID", "ADDRESS", "BIT", "SERVING", ">WEIGHT", ">SLOTS", ">SHARE", ">IDEAL", ">DEVIATION"]);

@@ -1,10 +1,10 @@
 //! `vips`: every published VIP with its table, flags, backends up and traffic.
 
-use failover_common::maps::{HEALTH_UP, VIP_ALL_DOWN_PASS, VIP_HASH_SOURCE_ONLY, VIP_NO_FLOW_TRACKING, VIP_OWNED};
+use failover_common::maps::{vip_group, HEALTH_UP, VIP_ALL_DOWN_PASS, VIP_HASH_SOURCE_ONLY, VIP_NO_FLOW_TRACKING, VIP_OWNED};
 use serde::Serialize;
 
 use super::{
-    instance::{backends_by_id, open, State},
+    instance::{backends_by_id, open, table_digest, State},
     render::{emit, emit_json, human_bytes, ip, protocol_name, vip_label, yes_no, Table},
     Target,
 };
@@ -20,8 +20,13 @@ struct VipRow {
     protocol: String,
     vip_id: u32,
     table_size: u32,
+    /// Whether the data plane serves it now: its flag, or its group's `OWNERSHIP` entry.
     owned: bool,
+    /// The ownership group (an `[[election]]`'s position + 1); absent without one.
+    group: Option<u32>,
     flags: Vec<&'static str>,
+    /// `maglev::table_digest` of the active table; absent if its region is outside the pool.
+    table_digest: Option<String>,
     backends_up: usize,
     backends_total: usize,
     packets: u64,
@@ -73,8 +78,10 @@ pub fn vips(target: &Target) -> anyhow::Result<()> {
             protocol: protocol_name(key.protocol),
             vip_id: meta.vip_id,
             table_size: meta.table_size,
-            owned: meta.flags & VIP_OWNED != 0,
+            owned: view.owned(&meta)?,
+            group: Some(vip_group(meta.flags)).filter(|group| *group != 0),
             flags: flag_list(meta.flags),
+            table_digest: view.table(&key).map(|table| table_digest(&table, &backends)),
             backends_up: members.iter().filter(|health| **health == HEALTH_UP).count(),
             backends_total: members.len(),
             packets: counter.packets,
@@ -85,9 +92,10 @@ pub fn vips(target: &Target) -> anyhow::Result<()> {
     if target.json {
         return emit_json(&VipsView { instance: target.paths.instance.clone(), state_file: state.file, vips: rows });
     }
-    let mut table = Table::new(&["NAME", "VIP", ">ID", ">TABLE", "OWNED", "FLAGS", ">UP/TOTAL", ">PACKETS", ">BYTES"]);
+    let mut table = Table::new(&["NAME", "VIP", ">ID", ">TABLE", "OWNED", "FLAGS", ">UP/TOTAL", ">PACKETS", ">BYTES", "DIGEST"]);
     for row in &rows {
-        let flags: Vec<&str> = row.flags.iter().copied().filter(|flag| *flag != "owned").collect();
+        let mut flags: Vec<String> = row.flags.iter().filter(|flag| **flag != "owned").map(|flag| flag.to_string()).collect();
+        flags.extend(row.group.map(|group| format!("group {group}")));
         table.row(vec![
             row.name.clone().unwrap_or_else(|| format!("#{}", row.vip_id)),
             row.label.clone(),
@@ -98,6 +106,7 @@ pub fn vips(target: &Target) -> anyhow::Result<()> {
             format!("{}/{}", row.backends_up, row.backends_total),
             row.packets.to_string(),
             human_bytes(row.bytes as f64),
+            row.table_digest.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
     if rows.is_empty() {

@@ -12,7 +12,7 @@ use failover_common::{
     hash,
     maps::{
         Backend, FlowKey, VipKey, VipMeta, HEALTH_DRAINING, HEALTH_UP, MAX_SLOT_PROBES, PROTOCOL_TCP, PROTOCOL_UDP,
-        VIP_ALL_DOWN_PASS, VIP_HASH_SOURCE_ONLY, VIP_NO_FLOW_TRACKING, VIP_OWNED,
+        VIP_ALL_DOWN_PASS, VIP_HASH_SOURCE_ONLY, VIP_NO_FLOW_TRACKING,
     },
 };
 use serde::Serialize;
@@ -250,7 +250,10 @@ pub fn which(target: &Target, source: SocketAddr, destination: SocketAddr, proto
         (_, Some(new_flow)) => new_flow.backend.as_ref().and_then(|backend| backend.id),
         _ => None,
     };
-    let owned = found.is_some_and(|(_, meta)| meta.flags & VIP_OWNED != 0);
+    let owned = match found {
+        Some((_, meta)) => view.owned(&meta)?,
+        None => false,
+    };
     let explanation = match (found, action) {
         (None, _) => format!("{destination} {protocol} is not a VIP: the packet goes to the kernel"),
         (Some(_), _) if !owned => "this node does not own the VIP: the packet goes to the kernel".into(),

@@ -98,6 +98,7 @@ impl Controller {
                 members: ids_of_vip,
                 published_at: previous.map_or(0, |previous| previous.published_at),
                 table: Vec::new(),
+                table_digest: String::new(),
             };
             state.table = plan::table(&members(&state, &backends), vip.table_size)
                 .map_err(|error| anyhow::anyhow!("VIP {}: {error}", vip.name))?;

@@ -191,6 +191,7 @@ impl Controller {
                         members: controller.backends_of(meta.vip_id),
                         published_at: 0,
                         table,
+                        table_digest: String::new(),
                     })
                 })
                 .collect();

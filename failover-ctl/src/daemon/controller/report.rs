@@ -8,6 +8,7 @@ use crate::{
         plan,
         status::{now_millis, BackendStatus, Event, VipStatus},
     },
+    maglev,
 };
 
 fn probe_kind(check: &Check) -> &'static str {
@@ -30,6 +31,12 @@ impl Controller {
     }
 
     pub(super) fn refresh_status(&mut self) {
+        // Digests of tables published since the last refresh: by backend address, so equal on
+        // every node that sends each flow to the same backend.
+        let backends = &self.backends;
+        for vip in self.vips.iter_mut().filter(|vip| vip.table_digest.is_empty() && !vip.table.is_empty()) {
+            vip.table_digest = maglev::table_digest(&vip.table, |id| backends.get(&id).map(|backend| backend.address));
+        }
         let vips = self
             .vips
             .iter()
@@ -54,7 +61,7 @@ impl Controller {
                     }
                     .into(),
                     published_at: vip.published_at,
-                    table_digest: String::new(),
+                    table_digest: vip.table_digest.clone(),
                     election: self.config.election_of(&vip.config.name).map(|election| election.name.clone()),
                     backends: vip
                         .members

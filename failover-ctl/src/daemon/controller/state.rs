@@ -67,6 +67,9 @@ pub(super) struct VipState {
     pub(super) published_at: u64,
     /// The table last published, to skip identical publications.
     pub(super) table: Vec<u32>,
+    /// `maglev::table_digest` of `table`; empty until the status computes it (cleared when the
+    /// table changes, so the digest costs nothing on the failover path).
+    pub(super) table_digest: String,
 }
 
 pub(super) struct ProbeTask {

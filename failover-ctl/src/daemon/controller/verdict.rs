@@ -119,6 +119,7 @@ impl Controller {
             self.dataplane.writer.publish_vip(vip.key, settings, &table)?;
             let vip = &mut self.vips[index];
             vip.table = table;
+            vip.table_digest.clear();
             vip.published_at = now_millis();
         }
         Ok(())
