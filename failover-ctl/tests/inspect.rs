@@ -366,6 +366,14 @@ fn vips_backends_and_table_match_the_maps() {
     assert_eq!(instance.json(&["table", "203.0.113.10:80/tcp"])["backends"], table["backends"]);
     let text = instance.ok(&["table", "web"]);
     assert!(text.contains("251 slots") && text.contains("66.67%"), "{text}");
+    // The digest over slot -> backend address, the same in `table` and `vips`.
+    let addresses: BTreeMap<u32, IpAddr> =
+        members_web().into_iter().chain(members_api()).map(|member| (member.id, ip(member.address))).collect();
+    let digest = maglev::table_digest(&real, |id| addresses.get(&id).copied());
+    assert_eq!(table["digest"], digest.as_str(), "{table:#}");
+    assert_eq!(web["table_digest"], digest.as_str());
+    assert!(text.contains(&format!("digest {digest}")), "{text}");
+    assert!(instance.ok(&["vips"]).contains(&digest), "the vips view shows the digest");
 
     // Backends: the health bits from the map, the rest from the state file.
     let backends = instance.json(&["backends"]);

@@ -287,6 +287,12 @@ fn a_scrape_of_the_daemon_passes_promtool_and_shows_the_lab() {
     let loaded = metrics.value("failover_config_loaded_timestamp_seconds", &[]);
     assert!((start_time - 1.0..=now).contains(&loaded), "{loaded}");
     assert_eq!(metrics.value("failover_vip_owned", &vip), 1.0);
+    // The published table's digest: one sample, 16 hex digits, value 1.
+    let table_info = metrics.find("failover_vip_table_info", &vip);
+    assert_eq!(table_info.len(), 1, "{table_info:?}");
+    let digest = &table_info[0].labels["digest"];
+    assert!(digest.len() == 16 && digest.chars().all(|c| c.is_ascii_hexdigit()), "{digest}");
+    assert_eq!(table_info[0].value, 1.0);
 
     // Traffic: every connection is several packets each way from the client; the VIP's
     // counters are the backends' summed (the data plane adds to both per forwarded packet).
