@@ -166,10 +166,15 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         // The election task first: it takes the state owner's updates from the start, and
         // stays ineligible for mastership until the state owner says every backend has a
         // verdict.
-        let ownership = Ownership::open_pinned(&paths).context("opening the ownership map")?;
-        let (elections, election_task) = match super::elections::start(&config, netlink.clone(), Box::new(ownership), sender.clone()).await? {
-            Some((handle, task)) => (Some(handle), Some(task)),
-            None => (None, None),
+        let (elections, election_task) = if config.elections.is_empty() {
+            (None, None)
+        } else {
+            // Pins of a program older than elections have no OWNERSHIP map: this says so.
+            let ownership = Ownership::open_pinned(&paths).context("opening the ownership map")?;
+            match super::elections::start(&config, netlink.clone(), Box::new(ownership), sender.clone()).await? {
+                Some((handle, task)) => (Some(handle), Some(task)),
+                None => (None, None),
+            }
         };
 
         // The state owner, on its own thread.
