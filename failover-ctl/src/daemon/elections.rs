@@ -67,8 +67,10 @@ pub async fn start(
             .await
             .with_context(|| format!("election {}: interface {}", election.name, election.interface))?;
         let addresses: Vec<IpAddr> = netlink.addresses(interface.index).await?.into_iter().map(|(address, _)| address).collect();
+        // The node's own link-local: a crashed master leaves the group's link-local VRRP
+        // address on the interface, and adverts (or NAs) from it would claim to be the group.
         let link_local = addresses.iter().find_map(|address| match address {
-            IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80 => Some(*v6),
+            IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80 && !election.addresses.contains(address) => Some(*v6),
             _ => None,
         });
         let v4 = election.addresses.first().is_some_and(IpAddr::is_ipv4);
