@@ -460,6 +460,6 @@ fn outer_len(backend: IpAddr) -> usize {
 }
 
 fn flow_key(client: IpAddr, vip: IpAddr, ports: (u16, u16), protocol: u8) -> FlowKey {
-    super::scenario::flow_key(client, vip, ports, protocol)
+    crate::craft::flow_key(client, vip, protocol, ports)
 }
 

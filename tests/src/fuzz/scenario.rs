@@ -367,7 +367,7 @@ impl Scenario {
             let outer = outer_destination(&output).context("warm-up output has no outer header")?;
             let (_, member) = self.backend_index[&outer];
             let member = service.members[member];
-            let key = flow_key(client, service.address, ports, PROTOCOL_TCP);
+            let key = crate::craft::flow_key(client, service.address, PROTOCOL_TCP, ports);
             if member.health == HEALTH_DRAINING {
                 self.drained_flows.push(key);
             }
@@ -441,18 +441,6 @@ pub fn load() -> Result<(Dataplane, Scenario)> {
     Ok((dataplane, scenario))
 }
 
-pub fn flow_key(client: IpAddr, vip: IpAddr, ports: (u16, u16), protocol: u8) -> FlowKey {
-    let (source, family) = to_words(client);
-    FlowKey {
-        source,
-        destination: to_words(vip).0,
-        source_port: ports.0.to_be(),
-        destination_port: ports.1.to_be(),
-        protocol,
-        family,
-        _padding: [0; 2],
-    }
-}
 
 pub fn filter_index(address: IpAddr) -> u32 {
     hash::address_filter_index(&to_words(address).0)
