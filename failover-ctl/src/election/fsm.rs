@@ -5,7 +5,8 @@
 //!
 //! Beyond the RFC, as keepalived has it and the operators who replace it expect: a Fault state
 //! (a failed track of weight 0), `preempt_delay` after start, a manual resign, and keeping the
-//! ownership a restarted daemon adopts from the pinned maps until another master is heard.
+//! ownership a restarted daemon adopts from the pinned maps, or a resigning master had, until
+//! another master is heard.
 
 use std::{
     net::IpAddr,
@@ -145,7 +146,7 @@ pub struct Machine {
     eligible: bool,
     /// Resigned: accepts any master until it is master again.
     resigned: bool,
-    /// Holds the ownership (master, or adopted and not yet contradicted).
+    /// Holds the ownership (master, or adopted or resigned and no other master heard yet).
     owns: bool,
     /// The interval the master advertises (ours while master).
     master_interval_cs: u16,
@@ -414,8 +415,11 @@ impl Machine {
         if self.state != State::Master {
             return;
         }
+        // Priority 0 at once, but the ownership and the addresses stay until the successor is
+        // heard, as an adopted ownership does: the router keeps sending here until the
+        // successor's gratuitous ARP, Skew_Time later, and letting go now would drop all of it
+        // (a lost SYN is retried only a second later). Both nodes choose alike meanwhile.
         actions.push(Action::SendAdvert { priority: 0 });
-        self.release(actions);
         self.stop_timers();
         self.master = None;
         self.master_interval_cs = self.settings.interval_cs;

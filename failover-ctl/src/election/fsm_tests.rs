@@ -298,13 +298,14 @@ fn a_resigned_master_does_not_preempt_its_successor() {
     let at = t0 + ms(10_000);
     assert_eq!(
         machine.handle(Event::Resign, at),
-        vec![
-            Action::SendAdvert { priority: 0 },
-            Action::Own(false),
-            Action::Addresses(false),
-            became(State::Master, State::Backup, Reason::Resigned),
-        ]
+        vec![Action::SendAdvert { priority: 0 }, became(State::Master, State::Backup, Reason::Resigned)]
     );
+    // Still forwarding until the successor is heard: the router sends here until its
+    // gratuitous ARP.
+    assert!(machine.owns());
+    let successor = Event::Advert { source: B, priority: 100, interval_cs: 100 };
+    assert_eq!(machine.handle(successor, at + us(609_375)), vec![Action::Own(false), Action::Addresses(false)]);
+    assert!(!machine.owns());
     // The successor has a lower priority; preempt is on, yet it is followed.
     for n in 1..10 {
         machine.handle(Event::Advert { source: B, priority: 100, interval_cs: 100 }, at + ms(n * 1_000));
@@ -313,6 +314,21 @@ fn a_resigned_master_does_not_preempt_its_successor() {
     // When the successor dies, this node takes over again.
     let gone = at + ms(9_000) + machine.master_down_interval();
     assert_eq!(machine.handle(Event::Timer, gone), mastership(200, State::Backup, Reason::MasterDown));
+}
+
+#[test]
+fn a_resigned_master_alone_keeps_forwarding_and_takes_over_again() {
+    let t0 = Instant::now();
+    let mut machine = Machine::new(settings(A), 200);
+    machine.handle(Event::Start { adopted: false }, t0);
+    machine.handle(Event::Timer, t0 + machine.master_down_interval());
+    let at = t0 + ms(10_000);
+    machine.handle(Event::Resign, at);
+    assert!(machine.owns(), "nobody else forwards yet");
+    // No successor: after the down interval it is master again (the ownership it never gave up
+    // is written again, idempotently, in the order mastership requires).
+    let alone = at + machine.master_down_interval();
+    assert_eq!(machine.handle(Event::Timer, alone), mastership(200, State::Backup, Reason::MasterDown));
 }
 
 #[test]
@@ -489,8 +505,8 @@ fn a_returning_higher_priority_node_preempts_after_its_delay() {
 
 #[test]
 fn every_event_in_every_state_keeps_the_invariants() {
-    // A bounded random walk over events: ownership is held exactly by masters (and adopted
-    // backups), a master always has an advert deadline, a fault never owns.
+    // A bounded random walk over events: ownership is held exactly by masters (and adopted or
+    // resigned backups), a master always has an advert deadline, a fault never owns.
     let events = |step: u64| match step % 9 {
         0 => Event::Timer,
         1 => Event::Advert { source: B, priority: (step * 37 % 256) as u8, interval_cs: 1 + (step % 200) as u16 },
