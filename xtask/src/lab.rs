@@ -1,17 +1,25 @@
-//! `cargo xtask lab`: the live demo. Builds a client, a router, the load balancer and three HTTP
-//! backends in private namespaces, runs `failover-ctl run` on real packets, drives traffic at
-//! the VIP, and injects faults in turn (kill a backend, bring it back, drain one, kill -9 the
-//! daemon), printing each backend's share once a second and, per fault, how fast the daemon
-//! reacted and what the clients saw.
+//! `cargo xtask lab`: the live demo. Builds a client, a router, two load balancers and three
+//! HTTP backends in private namespaces, runs `failover-ctl run` on both load balancers (a VRRP
+//! group decides which one serves the VIP) on real packets, drives traffic at the VIP, and
+//! injects faults in turn (kill a backend, bring it back, drain one, kill -9 the master's
+//! daemon, take the master's link down and up, resign the master), printing each backend's
+//! share once a second and, per fault, how fast the daemons reacted, how long the group was
+//! without a master on the wire, and what the clients saw.
 //!
 //! Cleans up on exit, on error and on Ctrl-C, and at start removes what crashed runs left.
-//! `--keep` leaves the lab running for the CLI; `--cleanup` removes kept labs. Fails when a check
-//! of what it demonstrates does not hold (see `summary`).
+//! `--keep` leaves the lab running for the CLI; `--cleanup` removes kept labs; `--json` prints
+//! the summary as JSON lines. Fails when a check of what it demonstrates does not hold (see
+//! `summary`).
 
+mod cleanup;
+mod config;
 mod control;
+mod election;
+mod faults;
 mod summary;
 mod topology;
 mod traffic;
+mod wire;
 
 use std::{
     fs,
@@ -22,10 +30,14 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use control::{check_interrupt, now_millis, sleep, Daemon, Event, Programs};
-use summary::{failed_checks, print_rows, Phase, Row};
-use topology::{backend_address, backend_name, Topology, BACKENDS, PORT, VIP};
-use traffic::{Settings, Snapshot, Stats};
+use control::{check_interrupt, say, sleep, Daemon, Programs};
+use summary::{failed_checks, Phase, Row};
+use topology::{
+    backend_address, backend_name, lb_address, lb_index, lb_name, Topology, BACKENDS, LBS, PORT,
+    VIP,
+};
+use traffic::{Settings, Stats};
+use wire::Observer;
 
 #[derive(clap::Args)]
 pub struct Arguments {
@@ -51,6 +63,11 @@ pub struct Arguments {
     /// Long-lived keep-alive connections, one request every 100 ms each.
     #[arg(long, default_value_t = 12)]
     connections: usize,
+    /// Print the summary as JSON lines, one object per fault (`fault`, `detection_ms`,
+    /// `takeover_ms` where the master changed, `ok`, `failed`, `broken`) on standard output;
+    /// everything else goes to standard error.
+    #[arg(long)]
+    json: bool,
     /// Use the release binaries already built (skip `cargo build`).
     #[arg(long, hide = true)]
     no_build: bool,
@@ -60,9 +77,7 @@ pub struct Arguments {
     without_daemon: bool,
 }
 
-/// Longest wait for the daemon's reaction to a fault.
-const REACTION_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait for every backend to come up after the daemon starts.
+/// Longest wait for every backend to come up after the daemons start.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub fn run(arguments: Arguments) -> Result<()> {
@@ -71,13 +86,14 @@ pub fn run(arguments: Arguments) -> Result<()> {
         bail!("the lab creates network namespaces and loads XDP programs: run it as root");
     }
     control::install_signal_handler();
+    control::set_json(arguments.json);
     if arguments.cleanup {
         let programs = Programs::find().ok();
-        let removed = control::cleanup_runs(programs.as_ref(), true)?;
+        let removed = cleanup::cleanup_runs(programs.as_ref(), true)?;
         netlab::cleanup_stale()?;
         match removed.is_empty() {
-            true => println!("lab: nothing to clean up"),
-            false => println!("lab: removed {}", removed.join(", ")),
+            true => say("lab: nothing to clean up"),
+            false => say(format!("lab: removed {}", removed.join(", "))),
         }
         return Ok(());
     }
@@ -94,7 +110,7 @@ pub fn run(arguments: Arguments) -> Result<()> {
     }
     let programs = Programs::find()?;
     netlab::cleanup_stale().context("removing namespaces of crashed runs")?;
-    for instance in control::cleanup_runs(Some(&programs), false)? {
+    for instance in cleanup::cleanup_runs(Some(&programs), false)? {
         eprintln!("lab: removed {instance}, left by a run that died");
     }
 
@@ -104,9 +120,10 @@ pub fn run(arguments: Arguments) -> Result<()> {
     let mut lab = Lab {
         pid,
         topology: None,
-        daemon: None,
+        daemons: Vec::new(),
         backends: Vec::new(),
         decaps: Vec::new(),
+        observer: None,
     };
     let outcome = lab
         .setup(&programs, &arguments)
@@ -115,8 +132,8 @@ pub fn run(arguments: Arguments) -> Result<()> {
         lab.keep()?;
     } else {
         if outcome.is_err() {
-            if let Some(daemon) = &lab.daemon {
-                eprintln!("lab: {}", control::log_tail(&daemon.log));
+            for daemon in &lab.daemons {
+                eprintln!("lab: {}: {}", daemon.name, control::log_tail(&daemon.log));
             }
         }
         eprintln!("lab: cleaning up");
@@ -129,10 +146,13 @@ pub fn run(arguments: Arguments) -> Result<()> {
 struct Lab {
     pid: u32,
     topology: Option<Topology>,
-    daemon: Option<Daemon>,
+    /// One per load balancer, in order (lb1, lb2).
+    daemons: Vec<Daemon>,
     /// Each backend's HTTP server, `None` while it is killed.
     backends: Vec<Option<Child>>,
     decaps: Vec<Child>,
+    /// The adverts on the segment, as the router receives them.
+    observer: Option<Observer>,
 }
 
 impl Lab {
@@ -152,46 +172,78 @@ impl Lab {
             return Ok(());
         }
 
-        let config = dir.join("failover.toml");
-        let instance = control::instance_name(self.pid);
-        let mac = topology.router.mac(topology::ROUTER_LB_INTERFACE)?;
-        fs::write(&config, control::config_text(&instance, mac))
+        for (index, namespace) in topology.lbs.iter().enumerate() {
+            let name = lb_name(index);
+            let config = dir.join(format!("failover-{name}.toml"));
+            let instance = control::lb_instance(self.pid, index);
+            fs::write(
+                &config,
+                config::config_text(&instance, index, topology::SEGMENT_MAC),
+            )
             .with_context(|| format!("writing {}", config.display()))?;
-        let daemon = Daemon::new(
-            programs,
-            instance,
-            config,
-            dir.join("daemon.log"),
-            &topology.lb,
-        )?;
-        daemon.require(&[
-            "run", "status", "events", "drain", "undrain", "decap", "teardown",
-        ])?;
+            let daemon = Daemon::new(
+                programs,
+                name.clone(),
+                instance,
+                config,
+                dir.join(format!("daemon-{name}.log")),
+                namespace,
+            )?;
+            daemon.require(&[
+                "run",
+                "status",
+                "events",
+                "drain",
+                "undrain",
+                "decap",
+                "teardown",
+                "elections",
+                "election",
+            ])?;
+            self.daemons.push(daemon);
+        }
         for namespace in &topology.backends {
             let decap =
                 control::start_decap(programs, namespace, topology::BACKEND_INTERFACE, VIP, &dir)?;
             self.decaps.push(decap);
         }
-        let napi = control::start_decap(
-            programs,
-            &topology.router,
-            topology::ROUTER_LB_INTERFACE,
-            topology::ROUTER_DECAP_PLACEHOLDER,
-            &dir,
-        )?;
-        self.decaps.push(napi);
-        let daemon = self.daemon.insert(daemon);
-        eprintln!(
-            "lab: starting `failover-ctl run --config {}`",
-            daemon.config.display()
-        );
-        daemon.start()?;
-        wait_ready(daemon, |backends| {
-            (0..BACKENDS).all(|index| {
-                control::find(backends, index).is_some_and(control::BackendState::serving_up)
+        for index in 0..LBS {
+            let napi = control::start_decap(
+                programs,
+                &topology.router,
+                &topology::segment_port(index),
+                topology::ROUTER_DECAP_PLACEHOLDER,
+                &dir,
+            )?;
+            self.decaps.push(napi);
+        }
+        let observer = self
+            .observer
+            .insert(Observer::start(&topology.router, topology::SEGMENT_BRIDGE)?);
+        for daemon in &mut self.daemons {
+            say(format!(
+                "lab: starting `failover-ctl run --config {}` on {}",
+                daemon.config.display(),
+                daemon.name
+            ));
+            daemon.start()?;
+        }
+        for daemon in &mut self.daemons {
+            wait_ready(daemon, |backends| {
+                (0..BACKENDS).all(|index| {
+                    control::find(backends, index).is_some_and(control::BackendState::serving_up)
+                })
             })
-        })
-        .context("waiting for every backend to be up and serving")?;
+            .with_context(|| {
+                format!(
+                    "waiting for every backend to be up and serving on {}",
+                    daemon.name
+                )
+            })?;
+        }
+        // lb1, the higher priority, ends up master (at once, or by preempting lb2 after its
+        // delay if lb2 was ready first).
+        faults::wait_master(observer, &mut self.daemons, 0)?;
         for child in &mut self.decaps {
             if let Some(status) = child.try_wait()? {
                 bail!(
@@ -209,9 +261,10 @@ impl Lab {
         for child in &mut self.decaps {
             control::stop(child, libc::SIGTERM, Duration::from_secs(2));
         }
-        if let Some(daemon) = &mut self.daemon {
+        for daemon in &mut self.daemons {
             daemon.terminate();
         }
+        self.observer = None;
         for child in self.backends.iter_mut().flatten() {
             let _ = child.kill();
             let _ = child.wait();
@@ -220,7 +273,7 @@ impl Lab {
         if let Some(topology) = self.topology.take() {
             topology.keep();
         }
-        control::cleanup_run(Some(programs), self.pid)
+        cleanup::cleanup_run(Some(programs), self.pid)
     }
 
     /// Leaves the lab running and says how to use it and remove it.
@@ -228,27 +281,40 @@ impl Lab {
         let dir = control::run_dir(self.pid);
         fs::write(dir.join("kept"), b"").context("marking the lab as kept")?;
         let names = self.topology.take().map(Topology::keep).unwrap_or_default();
-        let daemon = self.daemon.as_ref().context("no daemon")?;
         let client = topology::namespace_name("client", self.pid);
-        println!();
-        println!("The lab keeps running (namespaces: {}).", names.join(", "));
-        println!("  {}", daemon.describe("status"));
-        println!("  {}", daemon.describe("events"));
-        println!(
-            "  {}",
-            daemon.describe(&format!(
-                "drain {} {}",
-                control::VIP_NAME,
-                backend_address(2)
-            ))
-        );
-        println!("  ip netns exec {client} curl -s http://{VIP}:{PORT}/    (if curl is installed)");
-        println!("  logs and configuration: {}", dir.display());
-        println!("Remove it with: cargo xtask lab --cleanup");
+        say("");
+        say(format!(
+            "The lab keeps running (namespaces: {}).",
+            names.join(", ")
+        ));
+        for daemon in &self.daemons {
+            say(format!("  {}", daemon.describe("status")));
+            say(format!("  {}", daemon.describe("elections")));
+        }
+        if let Some(daemon) = self.daemons.first() {
+            say(format!("  {}", daemon.describe("events")));
+            say(format!(
+                "  {}",
+                daemon.describe(&format!(
+                    "drain {} {}",
+                    config::VIP_NAME,
+                    backend_address(2)
+                ))
+            ));
+            say(format!(
+                "  {}",
+                daemon.describe(&format!("election resign {}", config::GROUP))
+            ));
+        }
+        say(format!(
+            "  ip netns exec {client} curl -s http://{VIP}:{PORT}/    (if curl is installed)"
+        ));
+        say(format!("  logs and configuration: {}", dir.display()));
+        say("Remove it with: cargo xtask lab --cleanup");
         // The children keep running after this process; nothing is waited for or killed.
         self.backends.clear();
         self.decaps.clear();
-        self.daemon = None;
+        self.daemons.clear();
         Ok(())
     }
 }
@@ -270,30 +336,6 @@ fn wait_ready(daemon: &mut Daemon, ready: impl Fn(&[control::BackendState]) -> b
     bail!("not ready after {READY_TIMEOUT:?}; last: {last}")
 }
 
-/// Polls `events --json` for the first event from `since` (ms) on that `wanted` accepts.
-fn wait_event(
-    daemon: &mut Daemon,
-    since: u64,
-    wanted: impl Fn(&Event) -> bool,
-) -> Result<Option<Event>> {
-    let end = Instant::now() + REACTION_TIMEOUT;
-    while Instant::now() < end {
-        check_interrupt()?;
-        daemon.check_alive()?;
-        // A failed poll (the daemon just restarting, say) is retried.
-        if let Ok(events) = daemon.events() {
-            if let Some(event) = events
-                .into_iter()
-                .find(|event| event.at >= since && wanted(event))
-            {
-                return Ok(Some(event));
-            }
-        }
-        sleep(Duration::from_millis(100))?;
-    }
-    Ok(None)
-}
-
 /// Sets the traffic's stop flag when dropped, so that the traffic ends on every path.
 struct StopOnDrop<'a>(&'a AtomicBool);
 
@@ -304,6 +346,7 @@ impl Drop for StopOnDrop<'_> {
 }
 
 fn show(lab: &mut Lab, arguments: &Arguments) -> Result<()> {
+    let started = Instant::now();
     let phase = Duration::from_secs(if arguments.quick {
         2
     } else {
@@ -311,11 +354,13 @@ fn show(lab: &mut Lab, arguments: &Arguments) -> Result<()> {
     });
     let Lab {
         topology,
-        daemon,
+        daemons,
         backends,
+        observer,
         ..
     } = lab;
     let topology = topology.as_ref().context("no topology")?;
+    let observer = observer.as_ref();
     let settings = Settings {
         workers: arguments.workers.max(1),
         rate: arguments.rate.max(1),
@@ -323,23 +368,33 @@ fn show(lab: &mut Lab, arguments: &Arguments) -> Result<()> {
         // Far beyond the show's length: a bound, not a schedule.
         limit: Duration::from_secs(600) + phase * 20,
     };
-    println!(
-        "lab: VIP {VIP}:{PORT}/tcp; client {}, load balancer {}, backends {}; {} req/s on new connections, {} keep-alive connections",
+    say(format!(
+        "lab: VIP {VIP}:{PORT}/tcp; client {}, load balancers {} (VRRP group {} on {}, next hop {}), backends {}; {} req/s on new connections, {} keep-alive connections",
         topology::CLIENT,
-        topology::LB,
+        (0..LBS).map(|index| format!("{}={} priority {}", lb_name(index), lb_address(index), config::priority(index))).collect::<Vec<_>>().join(" "),
+        config::GROUP,
+        topology::SEGMENT_BRIDGE,
+        topology::VRRP_ADDRESS,
         (0..BACKENDS).map(|index| format!("{}={}", backend_name(index), backend_address(index))).collect::<Vec<_>>().join(" "),
         settings.rate,
         settings.connections
-    );
+    ));
     let stats = Stats::default();
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let _stop = StopOnDrop(&stop);
         let traffic = scope.spawn(|| traffic::run(&topology.client, settings, &stats, &stop));
-        scope.spawn(|| report(&stats, &stop, settings.connections));
-        let rows = match daemon {
-            Some(daemon) => faults(topology, daemon, backends, &stats, phase),
-            None => sleep(phase * 2).map(|()| {
+        scope.spawn(|| report(&stats, &stop, settings.connections, observer));
+        let rows = match observer {
+            Some(observer) if !daemons.is_empty() => faults::run(&mut faults::Stage {
+                topology,
+                daemons,
+                backends,
+                stats: &stats,
+                observer,
+                phase,
+            }),
+            _ => sleep(phase * 2).map(|()| {
                 vec![Row {
                     window: stats.snapshot(),
                     ..Row::new(Phase::SteadyWithoutDaemon, "steady (no daemon)")
@@ -352,22 +407,36 @@ fn show(lab: &mut Lab, arguments: &Arguments) -> Result<()> {
             .map_err(|_| anyhow::anyhow!("the traffic panicked"))?;
         let rows = rows?;
         traffic?;
-        println!();
-        print_rows(&rows);
+        say("");
+        for line in summary::table(&rows) {
+            say(line);
+        }
+        if arguments.json {
+            for line in summary::json_lines(&rows) {
+                println!("{line}");
+            }
+        }
+        say(format!(
+            "lab: the traffic and faults took {:.1} s; link-down takeover bound: Master_Down_Interval of {} + one interval = {:.1} ms",
+            started.elapsed().as_secs_f64(),
+            lb_name(1),
+            summary::takeover_bound().as_secs_f64() * 1000.0
+        ));
         let failures = failed_checks(&rows);
         for failure in &failures {
-            println!("lab: check failed: {failure}");
+            say(format!("lab: check failed: {failure}"));
         }
         if !failures.is_empty() {
             bail!("{} of the lab's checks failed (see above)", failures.len());
         }
-        println!("lab: every check held");
+        say("lab: every check held");
         Ok(())
     })
 }
 
-/// Prints one line a second: each backend's share and the success rate of that second.
-fn report(stats: &Stats, stop: &AtomicBool, connections: usize) {
+/// Prints one line a second: each backend's share and the success rate of that second, and the
+/// master on the wire.
+fn report(stats: &Stats, stop: &AtomicBool, connections: usize, observer: Option<&Observer>) {
     let start = Instant::now();
     let mut previous = stats.snapshot();
     let mut next = start + Duration::from_secs(1);
@@ -379,183 +448,23 @@ fn report(stats: &Stats, stop: &AtomicBool, connections: usize) {
         next += Duration::from_secs(1);
         let now = stats.snapshot();
         let label = format!("{}s", start.elapsed().as_secs());
-        println!("{}", now.since(&previous).line(&label, connections));
+        let master = observer
+            .and_then(|observer| observer.adverts().ok())
+            .map(|adverts| {
+                match wire::replay(&adverts, config::VRID, 0)
+                    .1
+                    .map(|address| (address, lb_index(address)))
+                {
+                    Some((_, Some(index))) => format!(" | master {}", lb_name(index)),
+                    Some((address, None)) => format!(" | master {address}"),
+                    None => " | no master".into(),
+                }
+            })
+            .unwrap_or_default();
+        say(format!(
+            "{}{master}",
+            now.since(&previous).line(&label, connections)
+        ));
         previous = now;
     }
-}
-
-fn faults(
-    topology: &Topology,
-    daemon: &mut Daemon,
-    backends: &mut [Option<Child>],
-    stats: &Stats,
-    phase: Duration,
-) -> Result<Vec<Row>> {
-    let dir = control::run_dir(std::process::id());
-    let programs = Programs::find()?;
-    let mut rows = Vec::new();
-    let victim = 1; // backend2
-    let drained = 2; // backend3
-
-    println!("==> steady state");
-    let before = stats.snapshot();
-    sleep(phase)?;
-    rows.push(Row {
-        window: stats.snapshot().since(&before),
-        ..Row::new(Phase::Steady, "steady")
-    });
-
-    // (1) Kill a backend: its probes fail, the daemon marks it down and republishes.
-    println!(
-        "==> kill -9 {} ({})",
-        backend_name(victim),
-        backend_address(victim)
-    );
-    let before = stats.snapshot();
-    let t0 = now_millis();
-    if let Some(mut child) = backends[victim].take() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    rows.push(reaction(
-        daemon,
-        stats,
-        before,
-        t0,
-        phase,
-        Row::new(Phase::KillBackend, format!("kill {}", backend_name(victim))),
-        failover_of(victim, "down"),
-    )?);
-
-    // (2) Bring it back: rise successes, then it serves new flows again.
-    println!("==> restart {}", backend_name(victim));
-    let before = stats.snapshot();
-    let t0 = now_millis();
-    backends[victim] = Some(control::start_backend(
-        &programs,
-        &topology.backends[victim],
-        victim,
-        &dir,
-    )?);
-    rows.push(reaction(
-        daemon,
-        stats,
-        before,
-        t0,
-        phase,
-        Row::new(Phase::RestartBackend, format!("restart {}", backend_name(victim))),
-        failover_of(victim, "up"),
-    )?);
-
-    // (3) Drain: no new flows, established ones continue; then undrain.
-    println!(
-        "==> drain {} ({})",
-        backend_name(drained),
-        backend_address(drained)
-    );
-    let before = stats.snapshot();
-    let t0 = now_millis();
-    daemon.drain(drained, true)?;
-    rows.push(reaction(
-        daemon,
-        stats,
-        before,
-        t0,
-        phase,
-        Row::new(Phase::Drain, format!("drain {}", backend_name(drained))),
-        |event| event.kind == "drain" && event.is_about(drained),
-    )?);
-    println!("==> undrain {}", backend_name(drained));
-    let before = stats.snapshot();
-    let t0 = now_millis();
-    daemon.drain(drained, false)?;
-    rows.push(reaction(
-        daemon,
-        stats,
-        before,
-        t0,
-        phase,
-        Row::new(Phase::Undrain, format!("undrain {}", backend_name(drained))),
-        |event| event.kind == "undrain" && event.is_about(drained),
-    )?);
-
-    // (4) Kill -9 the daemon: the pinned data plane keeps forwarding; a new daemon adopts it.
-    println!("==> kill -9 the daemon; restart it after {:?}", phase / 2);
-    let before = stats.snapshot();
-    daemon.kill();
-    sleep(phase / 2)?;
-    let down = stats.snapshot().since(&before);
-    let t0 = now_millis();
-    daemon.start()?;
-    let mut row = reaction(
-        daemon,
-        stats,
-        before,
-        t0,
-        phase,
-        Row::new(Phase::KillDaemon, "kill -9 daemon"),
-        |event| event.kind == "adopted" || event.kind == "started",
-    )?;
-    row.note = format!(
-        "{} ok / {} failed while no daemon ran; detection: restart to adoption of the pinned data plane",
-        down.ok(),
-        down.failed
-    );
-    rows.push(row);
-    Ok(rows)
-}
-
-/// Matches the daemon's failover event that takes backend `index` to `to` ("up" or "down").
-fn failover_of(index: usize, to: &'static str) -> impl Fn(&Event) -> bool {
-    move |event| {
-        event.kind == "failover"
-            && event.is_about(index)
-            && event.timings.as_ref().is_some_and(|timings| timings.to == to)
-    }
-}
-
-/// Waits for the daemon's reaction to a fault made at `t0`, watches the traffic for `phase`,
-/// and fills in `row`.
-fn reaction(
-    daemon: &mut Daemon,
-    stats: &Stats,
-    before: Snapshot,
-    t0: u64,
-    phase: Duration,
-    mut row: Row,
-    wanted: impl Fn(&Event) -> bool,
-) -> Result<Row> {
-    let event = wait_event(daemon, t0, wanted)?;
-    match &event {
-        Some(event) => {
-            row.detection = Some(event.at.saturating_sub(t0));
-            row.published = event
-                .timings
-                .as_ref()
-                .map(|timings| timings.table_published_us);
-            row.note = format!("event {}", event.kind);
-            let about = event
-                .backend
-                .as_deref()
-                .map_or(String::new(), |backend| format!(" {backend}"));
-            let timings = event.timings.as_ref().map_or(String::new(), |timings| {
-                format!(
-                    ", health written {} µs, table published {} µs after the verdict",
-                    timings.health_written_us, timings.table_published_us
-                )
-            });
-            println!(
-                "    daemon: {}{about} after {} ms{timings}",
-                event.kind,
-                event.at.saturating_sub(t0)
-            );
-        }
-        None => {
-            row.note = format!("no event within {REACTION_TIMEOUT:?}");
-            println!("    daemon: {}", row.note);
-        }
-    }
-    sleep(phase)?;
-    row.window = stats.snapshot().since(&before);
-    Ok(row)
 }

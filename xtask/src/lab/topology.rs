@@ -1,13 +1,17 @@
-//! The lab's network: client, router, load balancer and three backends in private namespaces,
-//! joined to the router by veth pairs. Every address is private to these namespaces.
+//! The lab's network: client, router, two load balancers and three backends in private
+//! namespaces. The load balancers share one segment with the router (a bridge in the router's
+//! namespace); every other link is a veth pair. Every address is private to these namespaces.
 //!
 //! ```text
-//!  client c0 ── r0 router r1 ── l0 lb (XDP failover)
-//!  10.100.1.2       │ r2,r3,r4
+//!  client c0 ── r0 router ── seg bridge 10.100.2.1 ─┬─ seg1 ── l0 lb1 10.100.2.2 (XDP failover)
+//!  10.100.1.2       │                                └─ seg2 ── l0 lb2 10.100.2.3 (XDP failover)
+//!                   │ r2,r3,r4         the master of VRRP group "edge" holds 10.100.2.100
 //!                   └── b0 backend1..3 (10.100.11.2, .12.2, .13.2; VIP on lo; decap on b0)
 //! ```
-//! The router sends the VIP to the load balancer, which encapsulates (IPIP) to a backend through
-//! the router; the backend strips the tunnel and answers the client directly (DSR).
+//! The router sends the VIP to the VRRP address 10.100.2.100, held by whichever load balancer
+//! is master; that one encapsulates (IPIP) to a backend through the router; the backend strips
+//! the tunnel and answers the client directly (DSR). Each load balancer's XDP program sits on a
+//! veth of its own (native mode); the bridge ports on the router's side are veths too.
 
 use std::net::Ipv4Addr;
 
@@ -18,19 +22,27 @@ use netlab::{veth, Namespace};
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 10);
 pub const PORT: u16 = 80;
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 100, 1, 2);
-pub const LB: Ipv4Addr = Ipv4Addr::new(10, 100, 2, 2);
-/// The load balancer's interface, where the daemon attaches XDP.
+/// The load balancers: `lb1` (priority 150, the master while it is up) and `lb2`.
+pub const LBS: usize = 2;
+/// The router's address on the load balancers' segment.
+pub const SEGMENT_ROUTER: Ipv4Addr = Ipv4Addr::new(10, 100, 2, 1);
+/// The VRRP address: the router's next hop for the VIP, held by the group's master.
+pub const VRRP_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 100, 2, 100);
+/// Each load balancer's interface on the segment, where its daemon attaches XDP.
 pub const LB_INTERFACE: &str = "l0";
-/// The router's side of the load balancer's link.
-pub const ROUTER_LB_INTERFACE: &str = "r1";
+/// The segment: a bridge in the router's namespace, with a port per load balancer.
+pub const SEGMENT_BRIDGE: &str = "seg";
+/// The bridge's MAC, fixed so that the load balancers' configured next hop never goes stale
+/// (a bridge without one takes its ports' lowest, which changes as ports come and go).
+pub const SEGMENT_MAC: [u8; 6] = [0x02, 0x00, 0x0a, 0x64, 0x02, 0x01];
 /// Each backend's interface, where its decap program sits.
 pub const BACKEND_INTERFACE: &str = "b0";
 /// Outer source addresses of the tunnel (host bits vary per flow).
 pub const TUNNEL_SOURCE: &str = "10.100.2.128/25";
-/// XDP_TX on the load balancer's veth reaches the peer (the router's `r1`) only when the peer
-/// runs NAPI, which an attached XDP program provides (GRO on does not, on Linux 6.18). The
-/// router runs the decap program for this one address, which is nobody's: it strips nothing
-/// and passes every packet.
+/// XDP_TX on a load balancer's veth reaches the peer (the router's bridge port) only when the
+/// peer runs NAPI, which an attached XDP program provides (GRO on does not, on Linux 6.18). The
+/// router runs the decap program on each port for this one address, which is nobody's: it
+/// strips nothing and passes every packet on to the bridge.
 pub const ROUTER_DECAP_PLACEHOLDER: Ipv4Addr = Ipv4Addr::new(10, 100, 255, 255);
 pub const BACKENDS: usize = 3;
 
@@ -41,6 +53,25 @@ pub fn backend_address(index: usize) -> Ipv4Addr {
 
 pub fn backend_name(index: usize) -> String {
     format!("backend{}", index + 1)
+}
+
+/// Load balancer `index` (0-based) is `lb<index+1>` at `10.100.2.<2+index>`.
+pub fn lb_address(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 100, 2, 2 + index as u8)
+}
+
+pub fn lb_name(index: usize) -> String {
+    format!("lb{}", index + 1)
+}
+
+/// The router's bridge port towards load balancer `index`.
+pub fn segment_port(index: usize) -> String {
+    format!("{SEGMENT_BRIDGE}{}", index + 1)
+}
+
+/// Which load balancer `address` is, if it is one.
+pub fn lb_index(address: Ipv4Addr) -> Option<usize> {
+    (0..LBS).find(|&index| lb_address(index) == address)
 }
 
 /// Lab namespaces are `folab-<role>-<pid>`: not netlab's `fo-` prefix, so that
@@ -60,7 +91,7 @@ pub fn namespace_pid(name: &str) -> Option<u32> {
 pub struct Topology {
     pub client: Namespace,
     pub router: Namespace,
-    pub lb: Namespace,
+    pub lbs: Vec<Namespace>,
     pub backends: Vec<Namespace>,
 }
 
@@ -74,7 +105,10 @@ impl Topology {
         // Created one by one so that a failure drops (deletes) the ones made so far.
         let client = create("client")?;
         let router = create("router")?;
-        let lb = create("lb")?;
+        let mut lbs = Vec::new();
+        for index in 0..LBS {
+            lbs.push(create(&lb_name(index))?);
+        }
         let mut backends = Vec::new();
         for index in 0..BACKENDS {
             backends.push(create(&backend_name(index))?);
@@ -82,7 +116,7 @@ impl Topology {
         let topology = Self {
             client,
             router,
-            lb,
+            lbs,
             backends,
         };
         topology
@@ -92,8 +126,9 @@ impl Topology {
     }
 
     fn all(&self) -> impl Iterator<Item = &Namespace> {
-        [&self.client, &self.router, &self.lb]
+        [&self.client, &self.router]
             .into_iter()
+            .chain(&self.lbs)
             .chain(&self.backends)
     }
 
@@ -101,7 +136,7 @@ impl Topology {
         let Self {
             client,
             router,
-            lb,
+            lbs,
             backends,
         } = self;
         for namespace in self.all() {
@@ -116,7 +151,6 @@ impl Topology {
             ])?;
         }
         veth(client, "c0", router, "r0")?;
-        veth(lb, LB_INTERFACE, router, ROUTER_LB_INTERFACE)?;
         client.ip("addr add 10.100.1.2/24 dev c0")?;
         client.ip("route add default via 10.100.1.1")?;
         // The short requests open a connection each: reuse ports in TIME_WAIT, and use many.
@@ -131,13 +165,29 @@ impl Topology {
         client.exec(&["ethtool", "-K", "c0", "tx", "off"])?;
 
         router.ip("addr add 10.100.1.1/24 dev r0")?;
-        router.ip("addr add 10.100.2.1/24 dev r1")?;
-        router.ip(&format!("route add {VIP}/32 via {LB}"))?;
+        let mac = SEGMENT_MAC.map(|byte| format!("{byte:02x}")).join(":");
+        // No STP and no forwarding delay: a port forwards as soon as its link is up, so a load
+        // balancer that comes back is heard at once.
+        router.ip(&format!(
+            "link add {SEGMENT_BRIDGE} address {mac} type bridge stp_state 0 forward_delay 0"
+        ))?;
+        router.ip(&format!("link set {SEGMENT_BRIDGE} up"))?;
+        router.ip(&format!(
+            "addr add {SEGMENT_ROUTER}/24 dev {SEGMENT_BRIDGE}"
+        ))?;
+        for (index, lb) in lbs.iter().enumerate() {
+            let port = segment_port(index);
+            veth(lb, LB_INTERFACE, router, &port)?;
+            router.ip(&format!("link set {port} master {SEGMENT_BRIDGE}"))?;
+            lb.ip(&format!(
+                "addr add {}/24 dev {LB_INTERFACE}",
+                lb_address(index)
+            ))?;
+            // Health probes reach the backends through the router.
+            lb.ip(&format!("route add default via {SEGMENT_ROUTER}"))?;
+        }
+        router.ip(&format!("route add {VIP}/32 via {VRRP_ADDRESS}"))?;
         router.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-
-        lb.ip(&format!("addr add {LB}/24 dev {LB_INTERFACE}"))?;
-        // Health probes reach the backends through the router.
-        lb.ip("route add default via 10.100.2.1")?;
 
         for (index, backend) in backends.iter().enumerate() {
             let router_interface = format!("r{}", index + 2);
@@ -157,16 +207,31 @@ impl Topology {
         Ok(())
     }
 
+    /// Takes load balancer `lb`'s link down or up, in its namespace: a node failure that
+    /// neither its daemon nor its XDP program can help. The kernel drops the routes through a
+    /// link that goes down; coming up restores the default route as a node's network
+    /// configuration would, so that its probes reach the backends again.
+    pub fn set_link(&self, lb: usize, up: bool) -> Result<()> {
+        let namespace = &self.lbs[lb];
+        let state = if up { "up" } else { "down" };
+        namespace.ip(&format!("link set {LB_INTERFACE} {state}"))?;
+        if up {
+            namespace.ip(&format!("route replace default via {SEGMENT_ROUTER}"))?;
+        }
+        Ok(())
+    }
+
     /// Gives up the guards: the namespaces stay after this process (`--keep`).
     pub fn keep(self) -> Vec<String> {
         let Self {
             client,
             router,
-            lb,
+            lbs,
             backends,
         } = self;
-        [client, router, lb]
+        [client, router]
             .into_iter()
+            .chain(lbs)
             .chain(backends)
             .map(Namespace::keep)
             .collect()
@@ -180,8 +245,16 @@ mod tests {
     #[test]
     fn names_carry_the_pid() {
         assert_eq!(namespace_pid(&namespace_name("backend2", 4242)), Some(4242));
-        assert_eq!(namespace_pid("folab-lb-17"), Some(17));
+        assert_eq!(namespace_pid("folab-lb2-17"), Some(17));
         assert_eq!(namespace_pid("fo-lb-17-0"), None);
         assert_eq!(namespace_pid("folab-lb-x"), None);
+    }
+
+    #[test]
+    fn load_balancers_are_known_by_address() {
+        assert_eq!(lb_index(lb_address(1)), Some(1));
+        assert_eq!(lb_index(VRRP_ADDRESS), None);
+        assert_eq!(segment_port(0), "seg1");
+        assert_eq!(lb_name(1), "lb2");
     }
 }

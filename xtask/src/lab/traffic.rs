@@ -48,6 +48,8 @@ pub struct Stats {
     established: AtomicU64,
     /// Long-lived connections established now, per backend.
     established_on: [AtomicU64; BACKENDS],
+    /// When the last request failed or connection broke (ms since the Unix epoch; 0: never).
+    last_trouble: AtomicU64,
 }
 
 /// A copy of the counters at one moment; differences of two give a window.
@@ -63,6 +65,18 @@ pub struct Snapshot {
 }
 
 impl Stats {
+    fn trouble(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        self.last_trouble.store(now, Ordering::Relaxed);
+    }
+
+    /// When a request last failed or a connection last broke (ms since the Unix epoch), if ever.
+    pub fn last_trouble(&self) -> Option<u64> {
+        Some(self.last_trouble.load(Ordering::Relaxed)).filter(|&at| at != 0)
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         Snapshot {
@@ -200,9 +214,14 @@ fn short_requests(
             .filter(|response| response.status == 200)
             .and_then(|response| backend_of(&response.body))
         {
-            Some(index) => stats.answered[index].fetch_add(1, Ordering::Relaxed),
-            None => stats.failed.fetch_add(1, Ordering::Relaxed),
-        };
+            Some(index) => {
+                stats.answered[index].fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                stats.trouble();
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -242,6 +261,7 @@ fn long_connection(stats: &Stats, stop: &AtomicBool, deadline: Instant) {
                 .and_then(|response| backend_of(&response.body))
                 == Some(backend);
             if !same {
+                stats.trouble();
                 stats.broken.fetch_add(1, Ordering::Relaxed);
                 break;
             }
