@@ -123,14 +123,22 @@ impl Daemon {
     /// A new instance name and scratch directory; writes `spec` (with that instance) and starts
     /// the daemon in `lb`.
     pub fn start(lb: &Namespace, spec: &mut ConfigSpec) -> Self {
+        Self::start_with(lb, |instance| {
+            spec.instance = instance.to_owned();
+            spec.render()
+        })
+    }
+
+    /// A new instance name and scratch directory; writes the configuration `render` makes for
+    /// that instance name and starts the daemon in `lb`.
+    pub fn start_with(lb: &Namespace, render: impl FnOnce(&str) -> String) -> Self {
         cleanup_stale_instances();
         let n = unique();
         let instance = format!("{INSTANCE_PREFIX}{}-{n}", std::process::id());
-        spec.instance = instance.clone();
         let dir = std::env::temp_dir().join(format!("failover-daemon-test-{instance}"));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("failover.toml");
-        std::fs::write(&config, spec.render()).unwrap();
+        std::fs::write(&config, render(&instance)).unwrap();
         let mut daemon = Self {
             paths: InstancePaths::new(&instance),
             instance,

@@ -1,7 +1,9 @@
 //! The lab the daemon tests run in: client, router, load-balancer and backend namespaces joined
 //! by veth pairs, backend HTTP servers that can be killed and restarted, an HTTP client that
 //! learns which backend answered, and a guard around the `failover-ctl run` process that stops
-//! it, tears its pins down and deletes the namespaces, also when a test panics.
+//! it, tears its pins down and deletes the namespaces, also when a test panics. The election
+//! tests add a segment lab (two nodes, router, observer), keepalived, the wire's record and
+//! counted traffic (election, keepalived, wire, traffic, scenario).
 //!
 //! Addresses only have to be unique inside one lab: every lab has its own namespaces.
 
@@ -11,9 +13,14 @@
 )]
 
 mod daemon;
+mod election;
 mod http;
+mod keepalived;
 mod lab;
+mod scenario;
 mod topology;
+mod traffic;
+mod wire;
 
 // Re-exported whole so that a test reads `use support::*`; a binary that needs no lab or no
 // HTTP would otherwise be warned about the unused re-export.
@@ -21,4 +28,7 @@ mod topology;
     unused_imports,
     reason = "each test binary uses a different part of the support module"
 )]
-pub use {daemon::*, http::*, lab::*, topology::*};
+pub use {
+    daemon::*, election::*, http::*, keepalived::*, lab::*, scenario::*, topology::*, traffic::*,
+    wire::*,
+};
