@@ -47,8 +47,8 @@ fn a_minimal_group_gets_keepalived_defaults() {
     assert_eq!(election.priority, 100);
     assert_eq!(election.advert_interval, Duration::from_secs(1));
     assert!(election.preempt);
-    // The longest rise x interval of the group's backends: 3 x 200 ms.
-    assert_eq!(election.preempt_delay, Duration::from_millis(600));
+    // Twice the longest rise x interval of the group's backends: 2 x 3 x 200 ms.
+    assert_eq!(election.preempt_delay, Duration::from_millis(1200));
     assert_eq!(election.addresses, vec!["10.0.0.1".parse::<IpAddr>().unwrap()]);
     assert_eq!(election.checksum, ChecksumForm::PseudoHeader);
     assert_eq!(election.garp_master_delay, Duration::from_secs(5));

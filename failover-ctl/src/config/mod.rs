@@ -176,8 +176,8 @@ pub struct Election {
     pub advert_interval: Duration,
     /// `preempt`: take over from a lower-priority master, default true.
     pub preempt: bool,
-    /// `preempt_delay`: no preemption this long after start; default the longest rise x
-    /// interval of the group's backends' probes.
+    /// `preempt_delay`: no preemption this long after start (or a fault); default twice the
+    /// longest rise x interval of the group's backends' probes.
     pub preempt_delay: Duration,
     /// `addresses`: the VRRP addresses the master holds, one family, at least one.
     pub addresses: Vec<IpAddr>,

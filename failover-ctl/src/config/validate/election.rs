@@ -92,9 +92,12 @@ impl Validator {
             match vips.iter().find(|vip| &vip.name == vip_name) {
                 None => self.problem(format!("{path}.vips[{number}]"), format!("no VIP is named {vip_name:?}")),
                 Some(vip) => {
-                    // A restarted node preempts only once every backend can have a verdict.
+                    // A returning node (a restart, a link back) preempts only once its backends
+                    // can be up again: `rise` successes each, twice over for jitter, timeouts
+                    // and a probe that was mid-interval (measured: 350-450 ms after a link flap
+                    // with rise x interval = 200 ms).
                     for backend in &vip.backends {
-                        settle = settle.max(backend.probe.timing.interval * backend.probe.timing.rise);
+                        settle = settle.max(2 * backend.probe.timing.interval * backend.probe.timing.rise);
                     }
                 }
             }
