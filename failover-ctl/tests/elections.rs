@@ -187,6 +187,11 @@ fn resign_hands_over_within_skew() {
     assert_one_backend("across the resign", &udp);
     let group = lab.group(0);
     assert_eq!((group.state.as_str(), group.owned, group.counters.priority_zero_sent), ("backup", false, 1), "{group:#?}");
+    // The notify command ran with keepalived's four arguments on both nodes.
+    let notified = |index: usize| std::fs::read_to_string(notify_log(&lab.ours(index).instance)).unwrap_or_default();
+    let (old, new) = (notified(0), notified(1));
+    assert!(old.lines().any(|line| line.starts_with("GROUP edge MASTER ")) && old.lines().last().is_some_and(|line| line.starts_with("GROUP edge BACKUP ")), "node 0 notify log:\n{old}");
+    assert!(new.lines().last().is_some_and(|line| line.starts_with("GROUP edge MASTER ")), "node 1 notify log:\n{new}");
 }
 
 /// Scenario 12, split brain: with the nodes cut off from each other (both still reach the

@@ -135,7 +135,7 @@ impl Daemon {
         cleanup_stale_instances();
         let n = unique();
         let instance = format!("{INSTANCE_PREFIX}{}-{n}", std::process::id());
-        let dir = std::env::temp_dir().join(format!("failover-daemon-test-{instance}"));
+        let dir = daemon_dir(&instance);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("failover.toml");
         std::fs::write(&config, render(&instance)).unwrap();
@@ -314,6 +314,11 @@ impl Daemon {
     pub fn config_path(&self) -> &Path {
         &self.config
     }
+}
+
+/// The directory of a test daemon's configuration, logs and files, removed with it.
+pub fn daemon_dir(instance: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("failover-daemon-test-{instance}"))
 }
 
 impl Drop for Daemon {

@@ -249,7 +249,8 @@ fn render(instance: &str, metrics_port: u16, router_mac: &str, group: &GroupSpec
     text.push_str(&format!(
         "\n[[election]]\nname = \"edge\"\ninterface = \"l0\"\nvrid = {}\npriority = {}\nadvert_interval = \"{}ms\"\n\
          preempt = {}\npreempt_delay = \"{}ms\"\naddresses = [{}]\nvips = [{}]\nunicast_peers = [{}]\n\
-         garp_master_delay = \"1s\"\ngarp_master_repeat = 3\n",
+         garp_master_delay = \"1s\"\ngarp_master_repeat = 3\n\
+         notify = [\"/bin/sh\", \"-c\", \"echo \\\"$*\\\" >> {}\", \"notify\"]\n",
         group.vrid,
         group.priority,
         ADVERT_INTERVAL.as_millis(),
@@ -258,8 +259,15 @@ fn render(instance: &str, metrics_port: u16, router_mac: &str, group: &GroupSpec
         quoted(&group.addresses),
         if group.carries_vips { "\"web\", \"stream\"" } else { "" },
         quoted(&group.unicast_peers),
+        notify_log(instance).display(),
     ));
     text
+}
+
+/// Where the node's notify command (keepalived's convention) appends its arguments: in the
+/// daemon's directory, removed with it.
+pub fn notify_log(instance: &str) -> std::path::PathBuf {
+    super::daemon::daemon_dir(instance).join("notify.log")
 }
 
 /// What runs on a node.
