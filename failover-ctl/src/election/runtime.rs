@@ -118,13 +118,11 @@ impl Runtime {
         let mut running = Vec::new();
         for resolved in groups {
             let key = (resolved.ifindex, resolved.source.is_ipv4());
-            if !sockets.contains_key(&key) {
-                let socket = VrrpSocket::open(&resolved.spec.interface, resolved.ifindex, resolved.source)?;
-                sockets.insert(key, Arc::new(socket));
+            if let std::collections::btree_map::Entry::Vacant(slot) = sockets.entry(key) {
+                slot.insert(Arc::new(VrrpSocket::open(&resolved.spec.interface, resolved.ifindex, resolved.source)?));
             }
-            if !announcers.contains_key(&resolved.ifindex) {
-                let announcer = Announcer::open(&resolved.spec.interface, resolved.ifindex, resolved.mac, resolved.link_local)?;
-                announcers.insert(resolved.ifindex, announcer);
+            if let std::collections::btree_map::Entry::Vacant(slot) = announcers.entry(resolved.ifindex) {
+                slot.insert(Announcer::open(&resolved.spec.interface, resolved.ifindex, resolved.mac, resolved.link_local)?);
             }
             let group = Group::new(resolved.spec.clone(), resolved.source, resolved.ours.clone());
             let track_names = resolved.election.tracks.iter().map(describe_track).collect();
