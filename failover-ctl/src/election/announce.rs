@@ -64,9 +64,9 @@ pub struct Announcer {
     interface: String,
     /// The source of neighbour advertisements.
     link_local: Option<Ipv6Addr>,
-    /// ICMPv6 socket for neighbour advertisements, bound to `link_local`; opened at the first
-    /// IPv6 announcement (a fresh link-local address is tentative until duplicate address
-    /// detection ends, and cannot be bound before).
+    /// ICMPv6 socket for neighbour advertisements, bound to `link_local`; opened with the
+    /// announcer, or at the first IPv6 announcement when the link-local address was still
+    /// tentative (duplicate address detection not finished: it cannot be bound before).
     icmpv6: std::sync::Mutex<Option<Socket>>,
 }
 
@@ -81,7 +81,18 @@ impl Announcer {
         }
         // SAFETY: a fresh fd nobody else owns.
         let packet = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self { index, mac, packet, interface: interface.to_owned(), link_local, icmpv6: std::sync::Mutex::new(None) })
+        let mut announcer =
+            Self { index, mac, packet, interface: interface.to_owned(), link_local, icmpv6: std::sync::Mutex::new(None) };
+        // Opened now, in the caller's network namespace, where possible; a tentative link-local
+        // address is retried at the first announcement.
+        if link_local.is_some() {
+            match announcer.open_icmpv6() {
+                Ok(socket) => announcer.icmpv6 = std::sync::Mutex::new(Some(socket)),
+                Err(error) if error.kind() == io::ErrorKind::AddrNotAvailable => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(announcer)
     }
 
     fn open_icmpv6(&self) -> io::Result<Socket> {

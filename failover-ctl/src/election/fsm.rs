@@ -289,7 +289,10 @@ impl Machine {
                     // One last advert, so the winner hears the loser and answers (with a
                     // gratuitous ARP burst: a router cache left on us after a partition heals).
                     actions.push(Action::SendAdvert { priority: self.priority });
-                    self.release(actions);
+                    // The ownership and the addresses go at the winner's next advert, one
+                    // interval later, as a resigning master's do: the router keeps sending here
+                    // until the winner's gratuitous ARP, which follows its first advert, and
+                    // both nodes choose alike meanwhile.
                     self.follow(source, interval_cs, now);
                     self.advert_at = None;
                     self.garp_at = None;
