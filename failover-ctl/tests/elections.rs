@@ -194,6 +194,33 @@ fn resign_hands_over_within_skew() {
     assert!(new.lines().last().is_some_and(|line| line.starts_with("GROUP edge MASTER ")), "node 1 notify log:\n{new}");
 }
 
+/// `election priority`: the backup raised above the master preempts it (its delay has long
+/// passed) within a down interval, on the wire; the master hears it and follows; both report
+/// the priorities they advertise.
+#[test]
+fn a_temporary_priority_moves_the_master() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = two_of_ours();
+    let raised = wall_now();
+    let output = lab.ours(1).ctl(&["election", "priority", "edge", "200"]);
+    assert!(output.status.success(), "election priority: {}", String::from_utf8_lossy(&output.stderr));
+    let takeover = lab.observer.takeover(VRID, node(0), node(1), raised, Duration::from_secs(3));
+    assert_eq!(takeover.first_new.priority, 200, "the new master advertises the operator's priority: {:?}", takeover.first_new);
+    lab.observer.wait_sole_master(VRID, node(1), takeover.first_new.at, STEADY, STEADY + Duration::from_secs(1));
+    // Preemption: the master's adverts at 150 are ignored until the down interval at 200 runs out.
+    let bound = master_down_interval(200) + Duration::from_millis(100) + SLACK;
+    assert!(takeover.took <= bound, "preempted after {:?}, bound {bound:?}", takeover.took);
+    let (new, old) = (lab.group(1), lab.group(0));
+    assert_eq!((new.state.as_str(), new.priority, new.effective_priority), ("master", 100, 200), "{new:#?}");
+    assert_eq!((old.state.as_str(), old.effective_priority), ("backup", 150), "{old:#?}");
+    let refused = lab.ours(1).ctl(&["election", "priority", "edge", "255"]);
+    assert!(!refused.status.success(), "255 is the owner's, not a temporary priority");
+    let unknown = lab.ours(1).ctl(&["election", "resign", "nosuch"]);
+    assert!(!unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("no election named"), "{unknown:?}");
+}
+
 /// Scenario 12, split brain: with the nodes cut off from each other (both still reach the
 /// router) both become master and traffic keeps flowing; after the heal there is exactly one
 /// master and the router's neighbour entry for the VRRP address is on its MAC.
