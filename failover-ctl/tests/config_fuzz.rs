@@ -2,29 +2,26 @@
 //! every refusal names a file and a line, and a reload of a refused file changes nothing in the
 //! maps of a running controller (read back through the pins, not from the controller's memory).
 
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-    path::PathBuf,
-    sync::{Arc, Mutex},
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use failover_common::maps::{Backend, Config as DataplaneConfig, VipKey, VipMeta};
 use failover_ctl::{
+    address::from_words,
     config::{self, ConfigError},
     daemon::{
-        controller::{Controller, Links, Message, Start},
-        events::EventLog,
-        status::{Request, Status},
+        controller::{Controller, Message},
+        status::Request,
     },
-    address::from_words,
-    loader::{self, Dataplane, LoadOptions},
     paths::InstancePaths,
     pin::PinnedView,
 };
+use pinned::PinnedInstance;
 use proptest::prelude::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokio::sync::{mpsc, oneshot};
+
+#[path = "support/pinned.rs"]
+mod pinned;
 
 const FILE: &str = "fuzz.toml";
 
@@ -263,36 +260,6 @@ fn meaning(state: &MapState) -> Meaning {
         .collect()
 }
 
-/// A private pin root and runtime directory, removed on drop.
-struct Instance {
-    bpf_root: PathBuf,
-    run_root: PathBuf,
-    paths: InstancePaths,
-}
-
-impl Instance {
-    fn new() -> Self {
-        let name = format!("failover-config-fuzz-{}", std::process::id());
-        let bpf_root = PathBuf::from("/sys/fs/bpf").join(&name);
-        let run_root = std::env::temp_dir().join(&name);
-        let paths = InstancePaths {
-            instance: "fuzz".into(),
-            pin_dir: bpf_root.join("fuzz"),
-            run_dir: run_root.join("fuzz"),
-        };
-        std::fs::create_dir_all(&paths.run_dir).unwrap();
-        Self { bpf_root, run_root, paths }
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = loader::teardown(&self.paths);
-        let _ = std::fs::remove_dir(&self.bpf_root);
-        let _ = std::fs::remove_dir_all(&self.run_root);
-    }
-}
-
 /// Sends a reload to the state owner and returns its answer.
 fn reload(controller: &mut Controller) -> (bool, String) {
     let (sender, mut receiver) = oneshot::channel();
@@ -310,33 +277,12 @@ fn a_refused_reload_changes_nothing() {
     // the runtime threads it starts) moves to a new network namespace with no interface up.
     // SAFETY: unshare has no memory preconditions; it changes only this thread's namespace.
     assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET)");
-    let instance = Instance::new();
+    let instance = PinnedInstance::new("config-fuzz", "fuzz");
     let config_path = instance.paths.run_dir.join("failover.toml");
-    std::fs::write(&config_path, BASE).unwrap();
-    let config = config::parse(BASE, FILE).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let (probe_sender, mut probe_receiver) = mpsc::channel(4096);
     runtime.spawn(async move { while probe_receiver.recv().await.is_some() {} });
-    let dataplane = Dataplane::create_pinned(&instance.paths, LoadOptions { table_pool_slots: 1 << 16, flow_entries: 4096 })
-        .expect("load and pin the data plane");
-    let links = Box::new(|_: &mut Dataplane, _: &config::Config| {
-        Ok(Links { interfaces: Vec::new(), interface_mac: [2, 0, 0, 0, 0, 1], next_hop_mac: [2, 0, 0, 0, 0, 2] })
-    });
-    let mut controller = Controller::start(Start {
-        dataplane,
-        config_path: config_path.clone(),
-        config,
-        links,
-        adopted: false,
-        events: EventLog::open(&instance.paths.run_dir.join("events.jsonl")).unwrap(),
-        state_path: instance.paths.run_dir.join("state.json"),
-        shared: Arc::new(Mutex::new(Status::default())),
-        probe_sender,
-        runtime: runtime.handle().clone(),
-        previous: None,
-        elections: None,
-    })
-    .expect("start the controller");
+    let mut controller = instance.start_controller(BASE, &runtime, probe_sender);
     let mut current = map_state(&instance.paths);
     assert_eq!(current.vips.len(), 3, "three services published");
     let original = meaning(&current);

@@ -8,9 +8,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     net::{IpAddr, Ipv4Addr},
     os::unix::net::UnixListener,
-    path::PathBuf,
-    process::{Command, Output},
-    sync::atomic::{AtomicU32, Ordering},
+    process::Output,
     time::{Duration, Instant},
 };
 
@@ -21,12 +19,15 @@ use failover_ctl::{
     daemon::status::{
         BackendStatus, Event, FailoverTimings, InterfaceStatus, ProbeStatus, Request, Response, Status, VipStatus,
     },
-    loader::{self, Dataplane, LoadOptions},
+    loader::{Dataplane, LoadOptions},
     maglev::{self, MaglevBackend},
     maps::VipSettings,
-    paths::InstancePaths,
 };
+use pinned::PinnedInstance;
 use serde_json::Value;
+
+#[path = "support/pinned.rs"]
+mod pinned;
 
 const OPTIONS: LoadOptions = LoadOptions { table_pool_slots: 4096, flow_entries: 1024 };
 const TABLE_SIZE: u32 = 251;
@@ -37,45 +38,29 @@ const WEB: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const API: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 
-static INSTANCES: AtomicU32 = AtomicU32::new(0);
-
 /// True when the test may pin BPF programs; skips without root (fails in CI).
 fn root() -> bool {
     netlab::prerequisite::root("loads and pins BPF programs")
 }
 
 /// Private pin and runtime roots; everything is removed on drop (also when a test panics).
-struct Instance {
-    bpf_root: PathBuf,
-    run_root: PathBuf,
-    paths: InstancePaths,
+struct Instance(PinnedInstance);
+
+impl std::ops::Deref for Instance {
+    type Target = PinnedInstance;
+    fn deref(&self) -> &PinnedInstance {
+        &self.0
+    }
 }
 
 impl Instance {
     fn new() -> Self {
-        let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
-        let name = format!("failover-inspect-{}-{n}", std::process::id());
-        let bpf_root = PathBuf::from("/sys/fs/bpf").join(&name);
-        let run_root = std::env::temp_dir().join(&name);
-        let paths = InstancePaths {
-            instance: INSTANCE.to_string(),
-            pin_dir: bpf_root.join(INSTANCE),
-            run_dir: run_root.join(INSTANCE),
-        };
-        std::fs::create_dir_all(&paths.run_dir).unwrap();
-        Self { bpf_root, run_root, paths }
+        Self(PinnedInstance::new("inspect", INSTANCE))
     }
 
     /// Runs `failover-ctl --instance lab ARGS` against this instance's roots.
     fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_failover-ctl"))
-            .args(["--instance", INSTANCE])
-            .args(args)
-            .env("FAILOVER_BPF_ROOT", &self.bpf_root)
-            .env("FAILOVER_RUN_ROOT", &self.run_root)
-            .env_remove("FAILOVER_LOG")
-            .output()
-            .expect("run failover-ctl")
+        self.command().args(args).output().expect("run failover-ctl")
     }
 
     /// Runs a command that must succeed and returns its stdout.
@@ -99,13 +84,6 @@ impl Instance {
     }
 }
 
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = loader::teardown(&self.paths);
-        let _ = std::fs::remove_dir(&self.bpf_root);
-        let _ = std::fs::remove_dir_all(&self.run_root);
-    }
-}
 
 fn ip(address: Ipv4Addr) -> IpAddr {
     IpAddr::V4(address)

@@ -7,9 +7,7 @@
 use std::{
     io::Read,
     net::{IpAddr, Ipv4Addr},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -25,11 +23,14 @@ use failover_common::{
 use failover_ctl::{
     address::to_words,
     daemon::status::{Status, VipStatus},
-    loader::{self, Dataplane, LoadOptions},
+    loader::{Dataplane, LoadOptions},
     maps::VipSettings,
-    paths::InstancePaths,
 };
+use pinned::PinnedInstance;
 use serde_json::Value;
+
+#[path = "support/pinned.rs"]
+mod pinned;
 
 const INSTANCE: &str = "lab";
 const WEB: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
@@ -40,7 +41,6 @@ const LB_MAC: [u8; 6] = [0x02, 0x1b, 0, 0, 0, 0x01];
 /// How long a step may take before the test gives up.
 const PATIENCE: Duration = Duration::from_secs(10);
 
-static INSTANCES: AtomicU32 = AtomicU32::new(0);
 
 fn root() -> bool {
     netlab::prerequisite::root("loads and pins BPF programs")
@@ -49,23 +49,17 @@ fn root() -> bool {
 /// A pinned instance with one VIP (`web`, 203.0.113.10:80/tcp, one backend) under private roots,
 /// and the monitors started against it; everything is killed and removed on drop.
 struct Instance {
-    bpf_root: PathBuf,
-    run_root: PathBuf,
-    paths: InstancePaths,
+    pinned: PinnedInstance,
     dataplane: Dataplane,
     monitors: Vec<Child>,
 }
 
 impl Instance {
     fn new() -> Self {
-        let name = format!("failover-monitor-{}-{}", std::process::id(), INSTANCES.fetch_add(1, Ordering::Relaxed));
-        let bpf_root = PathBuf::from("/sys/fs/bpf").join(&name);
-        let run_root = std::env::temp_dir().join(&name);
-        let paths =
-            InstancePaths { instance: INSTANCE.into(), pin_dir: bpf_root.join(INSTANCE), run_dir: run_root.join(INSTANCE) };
-        std::fs::create_dir_all(&paths.run_dir).unwrap();
+        let pinned = PinnedInstance::new("monitor", INSTANCE);
+        let paths = &pinned.paths;
         let mut dataplane =
-            Dataplane::create_pinned(&paths, LoadOptions { table_pool_slots: 4096, flow_entries: 1024 }).unwrap();
+            Dataplane::create_pinned(paths, LoadOptions { table_pool_slots: 4096, flow_entries: 1024 }).unwrap();
         let config = Config {
             next_hop_mac: [0x02, 0x4e, 0, 0, 0, 0xfe],
             interface_mac: LB_MAC,
@@ -84,17 +78,15 @@ impl Instance {
         let vip = VipStatus { name: "web".into(), address: WEB.to_string(), port: 80, protocol: "tcp".into(), vip_id: 1, ..VipStatus::default() };
         let status = Status { instance: INSTANCE.into(), vips: vec![vip], ..Status::default() };
         std::fs::write(paths.state(), serde_json::to_vec(&status).unwrap()).unwrap();
-        Self { bpf_root, run_root, paths, dataplane, monitors: Vec::new() }
+        Self { pinned, dataplane, monitors: Vec::new() }
     }
 
     /// Starts `failover-ctl --instance lab ARGS` with piped output; returns its index.
     fn start(&mut self, args: &[&str]) -> usize {
-        let child = Command::new(env!("CARGO_BIN_EXE_failover-ctl"))
-            .args(["--instance", INSTANCE])
+        let child = self
+            .pinned
+            .command()
             .args(args)
-            .env("FAILOVER_BPF_ROOT", &self.bpf_root)
-            .env("FAILOVER_RUN_ROOT", &self.run_root)
-            .env_remove("FAILOVER_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -105,7 +97,7 @@ impl Instance {
 
     /// The filter as the data plane sees it, through the pin.
     fn filter(&self) -> MonitorFilter {
-        let data = MapData::from_pin(self.paths.map(names::MONITOR_FILTER)).unwrap();
+        let data = MapData::from_pin(self.pinned.paths.map(names::MONITOR_FILTER)).unwrap();
         let array: Array<MapData, MonitorFilter> = Map::Array(data).try_into().unwrap();
         array.get(&0, 0).unwrap()
     }
@@ -172,9 +164,6 @@ impl Drop for Instance {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = loader::teardown(&self.paths);
-        let _ = std::fs::remove_dir(&self.bpf_root);
-        let _ = std::fs::remove_dir_all(&self.run_root);
     }
 }
 

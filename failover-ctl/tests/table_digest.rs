@@ -7,8 +7,6 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
-    sync::{Arc, Mutex},
     time::Instant,
 };
 
@@ -16,18 +14,18 @@ use aya::programs::{TestRun, TestRunOptions, Xdp};
 use etherparse::PacketBuilder;
 use failover_ctl::{
     address::from_words,
-    config,
     daemon::{
-        controller::{Controller, Links, Message, Start},
-        events::EventLog,
+        controller::{Controller, Message},
         status::{Request, Status},
     },
-    loader::{self, Dataplane, LoadOptions},
     maglev,
-    paths::InstancePaths,
     pin::PinnedView,
 };
+use pinned::PinnedInstance;
 use tokio::sync::{mpsc, oneshot};
+
+#[path = "support/pinned.rs"]
+mod pinned;
 
 const XDP_TX: u32 = 3;
 
@@ -68,67 +66,19 @@ fn dns(backends: &[u16]) -> String {
     text
 }
 
-/// A private pin root and runtime directory, removed on drop.
-struct Instance {
-    bpf_root: PathBuf,
-    run_root: PathBuf,
-    paths: InstancePaths,
-}
-
-impl Instance {
-    fn new(name: &str) -> Self {
-        let root = format!("failover-digest-test-{}-{name}", std::process::id());
-        let bpf_root = PathBuf::from("/sys/fs/bpf").join(&root);
-        let run_root = std::env::temp_dir().join(&root);
-        let paths = InstancePaths { instance: name.into(), pin_dir: bpf_root.join(name), run_dir: run_root.join(name) };
-        std::fs::create_dir_all(&paths.run_dir).unwrap();
-        Self { bpf_root, run_root, paths }
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = loader::teardown(&self.paths);
-        let _ = std::fs::remove_dir(&self.bpf_root);
-        let _ = std::fs::remove_dir_all(&self.run_root);
-    }
-}
-
 /// One daemon's state owner on a pinned data plane, started with `text`.
 struct Node {
-    instance: Instance,
+    instance: PinnedInstance,
     controller: Controller,
 }
 
 impl Node {
     fn start(name: &str, text: &str, runtime: &tokio::runtime::Runtime) -> Self {
-        let instance = Instance::new(name);
-        let config_path = instance.paths.run_dir.join("failover.toml");
-        std::fs::write(&config_path, text).unwrap();
-        let config = config::parse(text, "failover.toml").unwrap();
+        let instance = PinnedInstance::new("digest-test", name);
         let (probe_sender, mut probe_receiver) = mpsc::channel(1024);
         // Probe results are not applied: the test decides the verdicts.
         runtime.spawn(async move { while probe_receiver.recv().await.is_some() {} });
-        let dataplane = Dataplane::create_pinned(&instance.paths, LoadOptions { table_pool_slots: 1 << 16, flow_entries: 4096 })
-            .expect("load and pin the data plane");
-        let links = Box::new(|_: &mut Dataplane, _: &config::Config| {
-            Ok(Links { interfaces: Vec::new(), interface_mac: [2, 0, 0, 0, 0, 1], next_hop_mac: [2, 0, 0, 0, 0, 2] })
-        });
-        let controller = Controller::start(Start {
-            dataplane,
-            config_path,
-            config,
-            links,
-            adopted: false,
-            events: EventLog::open(&instance.paths.run_dir.join("events.jsonl")).unwrap(),
-            state_path: instance.paths.run_dir.join("state.json"),
-            shared: Arc::new(Mutex::new(Status::default())),
-            probe_sender,
-            runtime: runtime.handle().clone(),
-            previous: None,
-            elections: None,
-        })
-        .expect("start the controller");
+        let controller = instance.start_controller(text, runtime, probe_sender);
         Self { instance, controller }
     }
 
