@@ -1,5 +1,6 @@
 //! failover-ctl library: loader, map writer and pure control logic shared by the daemon, xtask and tests.
 pub mod address;
+pub mod announce;
 pub mod cli;
 pub mod config;
 pub mod daemon;

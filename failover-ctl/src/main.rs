@@ -153,6 +153,13 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = 1000)]
         rate: u32,
     },
+    /// Per VIP: announced (its route in the announce table) or why not, and since when.
+    Announcements,
+    /// Withdraw every VIP (a planned stop), wait `announce.withdraw_grace` for the routers to
+    /// converge, then return. Kept across restarts until `undrain-node`.
+    DrainNode,
+    /// Announce every announceable VIP again.
+    UndrainNode,
     /// The VRRP groups: state, priority, master, interval, ownership, last transition, failed
     /// tracks, counters and the table digests of their VIPs.
     Elections,
@@ -211,6 +218,18 @@ fn send(paths: &InstancePaths, request: Request) -> anyhow::Result<()> {
     } else {
         anyhow::bail!("{}", response.message)
     }
+}
+
+/// Withdraws every VIP, then waits the daemon's `withdraw_grace` so the routers converge before
+/// the caller (a systemd stop, an operator) goes on.
+fn drain_node(paths: &InstancePaths) -> anyhow::Result<()> {
+    send(paths, Request::DrainNode)?;
+    let status = control::request(&paths.control_socket(), &Request::Status)?.status.context("the daemon sent no status")?;
+    let grace = Duration::from_millis(status.withdraw_grace_ms);
+    eprintln!("waiting {grace:?} (announce.withdraw_grace) for the routers to converge");
+    std::thread::sleep(grace);
+    println!("node drained: every VIP withdrawn {grace:?} ago");
+    Ok(())
 }
 
 fn decap(interface: &str, vips: &[IpAddr], generic: bool) -> anyhow::Result<()> {
@@ -301,6 +320,9 @@ fn execute(arguments: &Arguments) -> anyhow::Result<()> {
         }
         Command::Events { limit } => inspect::events(&target()?, *limit),
         Command::Elections => inspect::elections(&target()?),
+        Command::Announcements => inspect::announcements(&target()?),
+        Command::DrainNode => drain_node(&instance_paths(arguments)?),
+        Command::UndrainNode => send(&instance_paths(arguments)?, Request::UndrainNode),
         Command::Election { action } => {
             let request = match action {
                 ElectionAction::Resign { group } => Request::ElectionResign { group: group.clone() },

@@ -164,6 +164,9 @@ fn vip_status(name: &str, address: Ipv4Addr, port: u16, vip_id: u32, members: &[
         published_at: 1_795_328_000_000,
         table_digest: String::new(),
         election: None,
+        announced: false,
+        announce_reason: String::new(),
+        announced_since: 0,
         backends: members
             .iter()
             .map(|member| BackendStatus {
@@ -252,6 +255,9 @@ impl Fixture {
                     mac: "02:1b:00:00:00:01".into(),
                     mode: "native".into(),
                 }],
+                node_drained: false,
+                withdraw_grace_ms: 0,
+                withdrawals: 0,
                 elections: Vec::new(),
                 next_hop_mac: "02:4e:00:00:00:fe".into(),
                 vips: vec![vip_status("web", WEB, 80, 1, &web), vip_status("api", API, 8080, 2, &api)],

@@ -142,6 +142,28 @@ pub struct Config {
     pub vips: Vec<Vip>,
     /// `[[election]]`: the VRRP groups whose mastership decides which VIPs this node serves.
     pub elections: Vec<Election>,
+    /// `[announce]`: routes in a kernel table for a routing daemon to announce.
+    pub announce: Announce,
+}
+
+/// `[announce]`: a `blackhole` host route per announceable VIP in one kernel table, marked with
+/// one route protocol number, for a routing daemon (BIRD, FRR) to export over BGP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announce {
+    /// `enabled`: default false.
+    pub enabled: bool,
+    /// `table`: the kernel table the controller owns, default 100 (not 0, 253, 254 or 255).
+    pub table: u32,
+    /// `protocol`: the route protocol number of its routes, 5..=254, default 201.
+    pub protocol: u8,
+    /// `withdraw_grace`: how long `drain-node` waits after withdrawing, default 5 s.
+    pub withdraw_grace: Duration,
+}
+
+impl Default for Announce {
+    fn default() -> Self {
+        Self { enabled: false, table: 100, protocol: 201, withdraw_grace: Duration::from_secs(5) }
+    }
 }
 
 impl Config {
@@ -317,6 +339,8 @@ pub struct Vip {
     pub all_down: AllDown,
     /// `owned`: whether this node serves the VIP; default true (the election sets it later).
     pub owned: bool,
+    /// `announce`: whether the VIP is announced (when `[announce]` is enabled); default true.
+    pub announce: bool,
     /// `[[vip.backend]]`: at least one, unique addresses.
     pub backends: Vec<Backend>,
 }

@@ -22,6 +22,16 @@ pub(super) struct RawConfig {
     pub(super) vip: Vec<RawVip>,
     #[serde(default)]
     pub(super) election: Vec<RawElection>,
+    pub(super) announce: Option<RawAnnounce>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAnnounce {
+    pub(super) enabled: Option<bool>,
+    pub(super) table: Option<i64>,
+    pub(super) protocol: Option<i64>,
+    pub(super) withdraw_grace: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +112,7 @@ pub(super) struct RawVip {
     pub(super) hash: Option<HashMode>,
     pub(super) all_down: Option<AllDown>,
     pub(super) owned: Option<bool>,
+    pub(super) announce: Option<bool>,
     #[serde(default)]
     pub(super) backend: Vec<RawBackend>,
 }

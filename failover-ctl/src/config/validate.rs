@@ -10,6 +10,7 @@ use super::schema::{
 };
 use super::values::{parse_address, parse_jitter, parse_positive_duration, Jitter};
 
+mod announce;
 mod election;
 use super::*;
 use crate::maglev::{is_prime, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE};
@@ -112,6 +113,7 @@ impl Validator {
             .collect();
         self.across_vips(&vips);
         let elections = self.elections(raw.election, &vips, &defaults);
+        let announce = self.announce(raw.announce.unwrap_or_default());
         Config {
             instance,
             interfaces,
@@ -123,6 +125,7 @@ impl Validator {
             probe_defaults,
             vips,
             elections,
+            announce,
         }
     }
 
@@ -372,6 +375,7 @@ impl Validator {
             hash: raw.hash.unwrap_or_default(),
             all_down: raw.all_down.unwrap_or_default(),
             owned: raw.owned.unwrap_or(true),
+            announce: raw.announce.unwrap_or(true),
             backends,
         }
     }

@@ -20,7 +20,7 @@ use tokio::{
 
 use super::{
     control,
-    controller::{Controller, Links, LinksFn, Message, Start},
+    controller::{Announcing, Controller, Links, LinksFn, Message, Start},
     events::EventLog,
     status::{InterfaceStatus, Request, Status},
 };
@@ -192,6 +192,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             runtime: tokio::runtime::Handle::current(),
             previous: if adopted { previous } else { None },
             elections,
+            announcing: config.announce.enabled.then(|| Announcing { netlink: netlink.clone(), runtime: tokio::runtime::Handle::current() }),
         };
         let owner = std::thread::Builder::new().name("state-owner".into()).spawn(move || {
             let mut controller = match Controller::start(start) {

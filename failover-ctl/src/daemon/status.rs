@@ -30,6 +30,15 @@ pub struct Status {
     /// The VRRP groups (`[[election]]`), in configuration order.
     #[serde(default)]
     pub elections: Vec<ElectionStatus>,
+    /// `drain-node`: every VIP withdrawn (kept across a restart).
+    #[serde(default)]
+    pub node_drained: bool,
+    /// `announce.withdraw_grace`, for `drain-node` to wait.
+    #[serde(default)]
+    pub withdraw_grace_ms: u64,
+    /// Withdrawals of announced VIPs since the daemon started.
+    #[serde(default)]
+    pub withdrawals: u64,
     pub updated_at: UnixMillis,
 }
 
@@ -103,6 +112,13 @@ pub struct VipStatus {
     /// The election the VIP's ownership follows, if any.
     #[serde(default)]
     pub election: Option<String>,
+    /// Whether the VIP's route is in the announce table, why (or why not), and since when.
+    #[serde(default)]
+    pub announced: bool,
+    #[serde(default)]
+    pub announce_reason: String,
+    #[serde(default)]
+    pub announced_since: UnixMillis,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -196,6 +212,10 @@ pub enum Request {
     ElectionResign { group: String },
     /// Advertise `priority` (1..=254) until the next reload or restart.
     ElectionPriority { group: String, priority: u8 },
+    /// Withdraw every VIP (a planned stop); kept across restarts until `UndrainNode`.
+    DrainNode,
+    /// Announce what is announceable again.
+    UndrainNode,
 }
 
 /// The answer to a [`Request`].

@@ -107,7 +107,8 @@ impl Collector for Scrape {
         self.probes(&mut encoder)?;
         self.failovers(&mut encoder)?;
         self.reasons(&mut encoder)?;
-        self.elections(&mut encoder)
+        self.elections(&mut encoder)?;
+        self.announcements(&mut encoder)
     }
 }
 
@@ -429,6 +430,24 @@ impl Scrape {
                     (GroupReasonLabels { group: &election.name, reason: reason.name() }, ConstCounter::new(count))
                 })
             }),
+        )
+    }
+
+    /// Announcements: whether each VIP's route is in the announce table, and withdrawals.
+    fn announcements(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        family(
+            encoder,
+            "failover_vip_announced",
+            "1 while this node announces the VIP (its route is in the announce table).",
+            None,
+            self.status.vips.iter().map(|vip| (VipLabels { vip: &vip.name }, ConstGauge::new(i64::from(vip.announced)))),
+        )?;
+        single(
+            encoder,
+            "failover_announce_withdrawals",
+            "Announced VIP addresses withdrawn since the daemon started.",
+            None,
+            ConstCounter::new(self.status.withdrawals),
         )
     }
 

@@ -89,6 +89,7 @@ impl PinnedInstance {
             runtime: runtime.handle().clone(),
             previous: None,
             elections: None,
+            announcing: None,
         })
         .expect("start the controller")
     }

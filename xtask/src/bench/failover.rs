@@ -69,6 +69,7 @@ pub fn verdict_to_publish() -> Result<(Vec<ControlRow>, String)> {
         runtime: runtime.handle().clone(),
         previous: None,
         elections: None,
+            announcing: None,
     })?;
     let ids = controller.backend_ids("web");
     for id in &ids {

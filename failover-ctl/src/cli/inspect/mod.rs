@@ -10,6 +10,7 @@
 //! into text. The views depend on those two (and `status` on `events` for the last event), never
 //! on each other otherwise.
 
+mod announcements;
 mod backends;
 mod elections;
 mod events;
@@ -22,6 +23,7 @@ mod table;
 mod vips;
 mod which;
 
+pub use announcements::announcements;
 pub use backends::backends;
 pub use elections::elections;
 pub use events::events;

@@ -29,6 +29,7 @@ use crate::{
 };
 use state::{placeholder_vip, BackendState, VipState};
 
+mod announce;
 mod apply;
 mod elections;
 mod probes;
@@ -38,6 +39,7 @@ mod state;
 mod verdict;
 
 pub use apply::data_plane_config;
+pub use announce::Announcing;
 pub use elections::Elections;
 pub use state::{Controller, Links, LinksFn};
 
@@ -72,6 +74,8 @@ pub struct Start {
     pub previous: Option<Status>,
     /// The election task, when the configuration has `[[election]]` groups.
     pub elections: Option<Elections>,
+    /// Announcing through the kernel table, when the daemon runs with `[announce]`.
+    pub announcing: Option<Announcing>,
 }
 
 impl Controller {
@@ -91,6 +95,7 @@ impl Controller {
             runtime,
             previous,
             elections,
+            announcing,
         } = start;
         let mut backends = BTreeMap::new();
         let ids = if adopted {
@@ -175,7 +180,11 @@ impl Controller {
             dirty: true,
             elections,
             election_sent: Default::default(),
+            announcing,
+            announced: Default::default(),
         };
+        // A drained node stays drained across a restart.
+        controller.announced.node_drained = previous.as_ref().is_some_and(|status| status.node_drained);
         if adopted {
             // The adopted VIPs are known by key only until the config names them.
             let published = controller.dataplane.writer.published_vips();
@@ -208,6 +217,7 @@ impl Controller {
             ..Event::default()
         });
         controller.update_elections();
+        controller.update_announcements();
         controller.publish_status();
         Ok(controller)
     }
@@ -223,6 +233,16 @@ impl Controller {
 
     /// Handles one message; false when the controller should stop.
     pub fn handle(&mut self, message: Message) -> bool {
+        let running = self.dispatch(message);
+        // In the same step: a VIP whose last backend failed is withdrawn with the table that
+        // says so.
+        if running {
+            self.update_announcements();
+        }
+        running
+    }
+
+    fn dispatch(&mut self, message: Message) -> bool {
         match message {
             Message::Probe(event) => {
                 self.on_probe(event);

@@ -63,6 +63,9 @@ impl Controller {
                     published_at: vip.published_at,
                     table_digest: vip.table_digest.clone(),
                     election: self.config.election_of(&vip.config.name).map(|election| election.name.clone()),
+                    announced: self.is_announced(&vip.config.address),
+                    announce_reason: self.announced.vips.get(&vip.config.name).map_or("", |(reason, _)| reason.name()).into(),
+                    announced_since: self.announced.vips.get(&vip.config.name).map_or(0, |(_, since)| *since),
                     backends: vip
                         .members
                         .iter()
@@ -99,6 +102,9 @@ impl Controller {
             }
         }
         self.status.failovers = self.failovers.clone();
+        self.status.node_drained = self.announced.node_drained;
+        self.status.withdraw_grace_ms = self.config.announce.withdraw_grace.as_millis() as u64;
+        self.status.withdrawals = self.announced.withdrawals;
         self.status.updated_at = now_millis();
     }
 

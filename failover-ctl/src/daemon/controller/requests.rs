@@ -36,6 +36,8 @@ impl Controller {
                     Err(anyhow::anyhow!("priority must be between 1 and 254, got {priority}"))
                 }
             }
+            Request::DrainNode => self.set_node_drained(true),
+            Request::UndrainNode => self.set_node_drained(false),
         };
         self.publish_status();
         match result {

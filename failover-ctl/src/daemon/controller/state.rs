@@ -102,6 +102,8 @@ pub struct Controller {
     pub(super) dirty: bool,
     pub(super) elections: Option<super::Elections>,
     pub(super) election_sent: super::elections::Sent,
+    pub(super) announcing: Option<super::Announcing>,
+    pub(super) announced: super::announce::Announced,
 }
 
 
@@ -133,6 +135,7 @@ pub(super) fn placeholder_vip(key: &VipKey) -> config::Vip {
         hash: config::HashMode::FiveTuple,
         all_down: config::AllDown::Drop,
         owned: true,
+        announce: false,
         backends: Vec::new(),
     }
 }

@@ -25,6 +25,8 @@ use rtnetlink::{
 };
 use tokio::{task::JoinHandle, time::Instant};
 
+mod routes;
+
 /// How often [`Netlink::resolve_neighbour`] re-reads the neighbour table while it waits.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 

@@ -1,0 +1,125 @@
+//! The state owner's announcements: after every step it decides which VIPs this node announces
+//! (`crate::announce::decide`) and makes the kernel table match — a `blackhole` host route per
+//! announced VIP address, with the configured table and route protocol — writing only what
+//! changed. The first step reconciles with what the table holds (a restarted daemon adopts its
+//! routes and writes nothing when nothing changed).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::Arc,
+};
+
+use super::state::{members, Controller};
+use crate::{
+    announce::{decide, Reason},
+    daemon::status::{now_millis, Event},
+    netlink::Netlink,
+};
+
+/// What announcing needs: the rtnetlink handle of the daemon's namespace and a runtime to
+/// drive it from the state owner's thread.
+pub struct Announcing {
+    pub netlink: Arc<Netlink>,
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// The announcement state the controller keeps.
+#[derive(Debug, Default)]
+pub(super) struct Announced {
+    /// The addresses with a route in the table (as last written or found).
+    pub(super) routes: Option<BTreeSet<IpAddr>>,
+    /// Per VIP name: the decision and since when it holds.
+    pub(super) vips: BTreeMap<String, (Reason, u64)>,
+    pub(super) node_drained: bool,
+    pub(super) withdrawals: u64,
+}
+
+impl Controller {
+    /// Decides every VIP and writes the difference to the kernel table.
+    pub(super) fn update_announcements(&mut self) {
+        let Some(announcing) = &self.announcing else { return };
+        if !self.config.announce.enabled {
+            return;
+        }
+        let settings = self.config.announce;
+        let elections = self.election_status();
+        let now = now_millis();
+        let mut wanted: BTreeMap<IpAddr, bool> = BTreeMap::new();
+        let mut decisions = Vec::new();
+        for vip in &self.vips {
+            let owned = match self.config.election_of(&vip.config.name) {
+                Some(election) => elections.iter().any(|status| status.name == election.name && status.owned),
+                None => vip.config.owned,
+            };
+            let reason = decide(vip.config.announce, owned, vip.config.all_down, &members(vip, &self.backends), self.announced.node_drained);
+            // Several services can share an address: its route stands while any is announced.
+            *wanted.entry(vip.config.address).or_default() |= reason == Reason::Announced;
+            decisions.push((vip.config.name.clone(), reason));
+        }
+        for (name, reason) in decisions {
+            let entry = self.announced.vips.entry(name).or_insert((reason, now));
+            if entry.0 != reason {
+                *entry = (reason, now);
+                self.dirty = true;
+            }
+        }
+        let present = match &self.announced.routes {
+            Some(routes) => routes.clone(),
+            None => match announcing.runtime.block_on(announcing.netlink.routes(settings.table, settings.protocol)) {
+                Ok(found) => found.into_iter().collect(),
+                Err(error) => {
+                    tracing::warn!("reading announce table {}: {error}", settings.table);
+                    return;
+                }
+            },
+        };
+        let mut routes = present.clone();
+        let mut events = Vec::new();
+        for (address, want) in &wanted {
+            if *want && !present.contains(address) {
+                match announcing.runtime.block_on(announcing.netlink.add_blackhole(*address, settings.table, settings.protocol)) {
+                    Ok(()) => {
+                        routes.insert(*address);
+                        events.push(format!("announced {address}"));
+                    }
+                    Err(error) => tracing::warn!("announcing {address}: {error}"),
+                }
+            }
+        }
+        for address in &present {
+            if !wanted.get(address).copied().unwrap_or(false) {
+                match announcing.runtime.block_on(announcing.netlink.remove_blackhole(*address, settings.table, settings.protocol)) {
+                    Ok(()) => {
+                        routes.remove(address);
+                        self.announced.withdrawals += 1;
+                        events.push(format!("withdrew {address}"));
+                    }
+                    Err(error) => tracing::warn!("withdrawing {address}: {error}"),
+                }
+            }
+        }
+        self.announced.routes = Some(routes);
+        for detail in events {
+            self.record(Event { kind: "announce".into(), detail, ..Event::default() });
+            self.dirty = true;
+        }
+    }
+
+    /// `drain-node` / `undrain-node`.
+    pub(super) fn set_node_drained(&mut self, drained: bool) -> anyhow::Result<String> {
+        if !self.config.announce.enabled {
+            anyhow::bail!("announcing is not enabled ([announce] enabled = true)");
+        }
+        self.announced.node_drained = drained;
+        self.update_announcements();
+        let verb = if drained { "drained: every VIP withdrawn" } else { "undrained: announceable VIPs announced" };
+        self.record(Event { kind: if drained { "drain_node" } else { "undrain_node" }.into(), detail: verb.into(), ..Event::default() });
+        Ok(format!("node {verb}"))
+    }
+
+    /// Whether `address` has a route in the announce table now.
+    pub(super) fn is_announced(&self, address: &IpAddr) -> bool {
+        self.announced.routes.as_ref().is_some_and(|routes| routes.contains(address))
+    }
+}
