@@ -1,4 +1,4 @@
-//! Tests of `[[election]]`: defaults, the parsed group, and one test per rule with the exact
+//! Tests of `[[election]]` and `[announce]` (how a node shares VIPs with others): defaults, the parsed values, and one test per rule with the exact
 //! file:line message.
 
 use std::time::Duration;
@@ -194,4 +194,23 @@ fn tracks_name_one_thing() {
         "test.toml:20: election[0].track[0].probe: goes with `address`: the address to probe",
     );
     assert_problem(&format!("{GROUP}[[election.track]]\nfoo = 1\n"), "test.toml:20: election[0].track[0].foo: unknown field `foo`, expected one of `interface`, `address`, `probe`, `backends_up`, `weight`");
+}
+
+#[test]
+fn announce_defaults_and_rules() {
+    let config = parse(BASE, "test.toml").unwrap();
+    assert_eq!(config.announce, Announce::default());
+    assert!(!config.announce.enabled && config.vips[0].announce);
+    let text = format!("{BASE}[announce]\nenabled = true\ntable = 200\nprotocol = 99\nwithdraw_grace = \"2s\"\n");
+    let config = parse(&text, "test.toml").unwrap();
+    assert_eq!(config.announce, Announce { enabled: true, table: 200, protocol: 99, withdraw_grace: Duration::from_secs(2) });
+    for table in [0, 253, 254, 255] {
+        assert_problem(
+            &format!("[announce]\ntable = {table}\n"),
+            &format!("test.toml:15: announce.table: must be a table of its own: 1 to 4294967295 except 253, 254 and 255, got {table}"),
+        );
+    }
+    assert_problem("[announce]\nprotocol = 2\n", "test.toml:15: announce.protocol: must be a route protocol number from 5 to 254 (0-4 are the kernel's), got 2");
+    let off = BASE.replace("port = 80\n", "port = 80\nannounce = false\n");
+    assert!(!parse(&off, "test.toml").unwrap().vips[0].announce);
 }
