@@ -57,6 +57,11 @@ const PACKAGES: &[Package] = &[
         program: "keepalived",
         used_for: "the VRRP peer our elections are proven against",
     },
+    Package {
+        name: "bird2",
+        program: "bird",
+        used_for: "BGP announcements of VIPs (the LB nodes and the router of the scale-out tests)",
+    },
 ];
 
 /// The task about to run, which decides what may be missing.
