@@ -3,7 +3,8 @@
 //! learns which backend answered, and a guard around the `failover-ctl run` process that stops
 //! it, tears its pins down and deletes the namespaces, also when a test panics. The election
 //! tests add a segment lab (two nodes, router, observer), keepalived, the wire's record and
-//! counted traffic (election, keepalived, wire, traffic, scenario).
+//! counted traffic (election, keepalived, wire, traffic, scenario), and the scale-out lab of
+//! BIRD routers announcing VIPs over BGP (bgp).
 //!
 //! Addresses only have to be unique inside one lab: every lab has its own namespaces.
 
@@ -12,6 +13,7 @@
     reason = "each test binary uses a different part of the support module"
 )]
 
+mod bgp;
 mod daemon;
 mod election;
 mod http;
@@ -29,6 +31,6 @@ mod wire;
     reason = "each test binary uses a different part of the support module"
 )]
 pub use {
-    daemon::*, election::*, http::*, keepalived::*, lab::*, scenario::*, topology::*, traffic::*,
+    bgp::*, daemon::*, election::*, http::*, keepalived::*, lab::*, scenario::*, topology::*, traffic::*,
     wire::*,
 };
