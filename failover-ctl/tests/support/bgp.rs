@@ -21,6 +21,8 @@ pub const ANNOUNCE_TABLE: u32 = 100;
 pub const ANNOUNCE_PROTOCOL: u8 = 201;
 /// The VIP the BGP tests announce.
 pub const BGP_VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 10);
+/// The backend [`BgpLab::add_backend`] makes.
+pub const BGP_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 202, 100, 2);
 /// BGP timers of every session: the router forgets a silent node after `HOLD`.
 pub const HOLD: Duration = Duration::from_secs(3);
 pub const KEEPALIVE: Duration = Duration::from_secs(1);
@@ -217,6 +219,17 @@ impl BgpLab {
         });
         assert!(up.is_some(), "BGP sessions not Established within 15 s:\n{}", lab.router_bird.birdc("show protocols").unwrap_or_default());
         lab
+    }
+
+    /// A backend namespace behind the router (`BGP_BACKEND`, through the router's `rb`): what
+    /// the load balancers' daemons probe.
+    pub fn add_backend(&self) -> Namespace {
+        let backend = Namespace::create("bgpbackend").unwrap();
+        veth(&backend, "b0", &self.router, "rb").unwrap();
+        self.router.ip("addr add 10.202.100.1/24 dev rb").unwrap();
+        backend.ip(&format!("addr add {BGP_BACKEND}/24 dev b0")).unwrap();
+        backend.ip("route add default via 10.202.100.1").unwrap();
+        backend
     }
 
     /// Adds the blackhole route the controller would write for `vip` in load balancer `index`.
