@@ -6,9 +6,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{
-    instance::{missing_instance, State},
+    instance::live_or_saved_status,
     render::{emit, emit_json, utc, Table},
-    status::ask_status,
     Target,
 };
 
@@ -36,11 +35,7 @@ struct AnnouncementView {
 
 pub fn announcements(target: &Target) -> anyhow::Result<()> {
     let paths = &target.paths;
-    let live = if paths.control_socket().exists() { ask_status(paths, PATIENCE).ok().flatten() } else { None };
-    let status = match live {
-        Some(status) => status,
-        None => State::read(paths).status.ok_or_else(|| missing_instance(paths))?,
-    };
+    let (status, _) = live_or_saved_status(paths, PATIENCE)?;
     let view = AnnouncementsView {
         instance: paths.instance.clone(),
         node_drained: status.node_drained,

@@ -7,9 +7,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{
-    instance::{missing_instance, State},
+    instance::live_or_saved_status,
     render::{emit, emit_json, utc, Table},
-    status::ask_status,
     Target,
 };
 use crate::daemon::status::{ElectionStatus, Status};
@@ -35,17 +34,7 @@ struct ElectionView {
 
 pub fn elections(target: &Target) -> anyhow::Result<()> {
     let paths = &target.paths;
-    let live = if paths.control_socket().exists() { ask_status(paths, PATIENCE).ok().flatten() } else { None };
-    let (status, source) = match live {
-        Some(status) => (status, "daemon"),
-        None => {
-            let state = State::read(paths);
-            match state.status {
-                Some(status) => (status, "state_file"),
-                None => return Err(missing_instance(paths)),
-            }
-        }
-    };
+    let (status, source) = live_or_saved_status(paths, PATIENCE)?;
     let view = ElectionsView { instance: paths.instance.clone(), source, elections: views(&status) };
     if target.json {
         return emit_json(&view);

@@ -181,3 +181,13 @@ pub(super) fn monotonic_ns() -> u64 {
     }
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
+
+/// The daemon's status: asked live when its control socket answers within `patience`, else read
+/// from `state.json`; with where it came from ("daemon" or "state_file").
+pub(super) fn live_or_saved_status(paths: &InstancePaths, patience: std::time::Duration) -> anyhow::Result<(Status, &'static str)> {
+    let live = if paths.control_socket().exists() { super::status::ask_status(paths, patience).ok().flatten() } else { None };
+    match live {
+        Some(status) => Ok((status, "daemon")),
+        None => State::read(paths).status.map(|status| (status, "state_file")).ok_or_else(|| missing_instance(paths)),
+    }
+}
