@@ -1,6 +1,7 @@
 //! Developer tasks for failover, run as `cargo xtask <task>`: check the host, build the eBPF objects, run the tests, run the benchmarks, run the live lab, fuzz the data plane, build a distribution directory.
 
 mod bench;
+mod bpf_abi;
 mod build_ebpf;
 mod command;
 mod dist;

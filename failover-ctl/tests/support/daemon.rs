@@ -200,15 +200,8 @@ impl Daemon {
 
     /// SIGTERM, then SIGKILL when the daemon has not stopped within 5 s.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SAFETY: signalling a child we own.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let stopped = wait_for(Duration::from_secs(5), || child.try_wait().ok().flatten());
-        if stopped.is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, Duration::from_secs(5));
         }
     }
 

@@ -7,12 +7,12 @@ use std::{
     net::IpAddr,
     path::PathBuf,
     process::{Child, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use netlab::Namespace;
 
-use super::topology::{unique, wait_for};
+use super::topology::{terminate, unique, wait_for};
 
 /// One `vrrp_instance` of keepalived.
 #[derive(Debug, Clone)]
@@ -163,17 +163,9 @@ impl Keepalived {
 
     /// A clean stop (SIGTERM: a master sends priority 0 and removes its addresses).
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, Duration::from_secs(5));
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 

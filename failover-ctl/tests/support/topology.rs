@@ -78,6 +78,16 @@ pub fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Opt
     }
 }
 
+/// Stops `child` with SIGTERM, then SIGKILL when it has not exited within `patience`; reaps it.
+pub fn terminate(child: &mut std::process::Child, patience: Duration) {
+    // SAFETY: signalling a child we own and have not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    if wait_for(patience, || child.try_wait().ok().flatten()).is_none() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
 /// Client, router, load balancer and backends, with decap programs on the backends and on the
 /// router's side of the load-balancer link (XDP_TX on a veth needs NAPI on the peer, which an
 /// attached XDP program provides).

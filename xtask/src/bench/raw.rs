@@ -12,12 +12,13 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+
+use crate::bpf_abi::{Instruction, ProgramLoad, BPF_PROG_TYPE_XDP};
 use failover_ctl::sys::{
     self, BPF_LINK_CREATE, BPF_MAP_TYPE_ARRAY, BPF_PROG_LOAD, BPF_PROG_TEST_RUN,
 };
 
 // Commands, types and flags from include/uapi/linux/bpf.h and if_link.h.
-const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
 const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
@@ -27,17 +28,6 @@ const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
-
-/// One instruction as the kernel reads it (`struct bpf_insn`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct Instruction {
-    code: u8,
-    /// Destination register in the low nibble, source in the high one.
-    registers: u8,
-    offset: i16,
-    immediate: i32,
-}
 
 /// Registers by number; R10 is the read-only frame pointer.
 const R0: u8 = 0;
@@ -103,24 +93,6 @@ impl Assembler {
         }
         Ok(self.code)
     }
-}
-
-/// The `BPF_PROG_LOAD` part of `union bpf_attr`, up to `expected_attach_type`.
-#[repr(C)]
-#[derive(Default)]
-struct ProgramLoad {
-    program_type: u32,
-    instruction_count: u32,
-    instructions: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buffer: u64,
-    kernel_version: u32,
-    program_flags: u32,
-    name: [u8; 16],
-    program_ifindex: u32,
-    expected_attach_type: u32,
 }
 
 /// Loads an XDP program; on rejection the error carries the verifier's log.
@@ -344,10 +316,8 @@ mod tests {
 
     #[test]
     fn instruction_layout_is_the_kernels() {
-        assert_eq!(size_of::<Instruction>(), 8);
         assert_eq!(size_of::<TestRun>(), 80);
         assert_eq!(size_of::<XdpContext>(), 24);
-        assert_eq!(size_of::<ProgramLoad>(), 72);
     }
 
     #[test]

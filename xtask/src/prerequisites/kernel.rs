@@ -13,6 +13,7 @@ use super::{
     report::{Finding, Kind, Status},
     system::find_program,
 };
+use crate::bpf_abi::{Instruction, ProgramLoad, BPF_PROG_TYPE_XDP};
 
 const BTF: &str = "/sys/kernel/btf/vmlinux";
 const NETWORK_NAMESPACE: &str = "/proc/self/ns/net";
@@ -51,33 +52,7 @@ fn file_feature(name: &str, path: &str, config: &str) -> Finding {
     Finding::new(Kind::Kernel, name, status)
 }
 
-/// One instruction as the kernel reads it (`struct bpf_insn`). The benchmark has its own
-/// assembler, but it is built only with the `bench` feature; this check needs two instructions.
-#[repr(C)]
-struct Instruction {
-    code: u8,
-    registers: u8,
-    offset: i16,
-    immediate: i32,
-}
-
-/// The leading fields of `union bpf_attr` for `BPF_PROG_LOAD`; the kernel takes a shorter
-/// attribute and treats the fields after it as zero.
-#[repr(C)]
-struct ProgramLoad {
-    program_type: u32,
-    instruction_count: u32,
-    instructions: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buffer: u64,
-    kernel_version: u32,
-    flags: u32,
-}
-
 const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TYPE_XDP: u32 = 6;
 const XDP_PASS: i32 = 2;
 
 /// Loads `r0 = XDP_PASS; exit` as an XDP program and closes it: the verifier and the program
@@ -105,11 +80,7 @@ fn xdp(root: bool) -> Finding {
         instruction_count: program.len() as u32,
         instructions: program.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        log_level: 0,
-        log_size: 0,
-        log_buffer: 0,
-        kernel_version: 0,
-        flags: 0,
+        ..ProgramLoad::default()
     };
     // SAFETY: the attribute and what it points to outlive the call; the size is the struct's.
     let descriptor = unsafe {
