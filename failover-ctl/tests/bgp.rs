@@ -49,7 +49,7 @@ fn hand_written_routes_reach_the_router_as_ecmp_and_a_silent_node_leaves_after_t
     // not before the keepalive that was due, and within hold + one keepalive + polling.
     lab.announce(0, BGP_VIP);
     lab.wait_next_hops(&prefix, 2, Duration::from_secs(3));
-    lab.lb_birds[1].pause();
+    lab.lb_birds[1].pause().unwrap();
     let paused = Instant::now();
     let silent = lab.wait_next_hops(&prefix, 1, HOLD + KEEPALIVE + Duration::from_secs(2));
     assert_eq!(lab.router_next_hops(&prefix), vec![IpAddr::from(lb_side(0))]);
@@ -59,7 +59,7 @@ fn hand_written_routes_reach_the_router_as_ecmp_and_a_silent_node_leaves_after_t
 
     // Resumed: the session comes back within the error wait and the connect retry, and the
     // route with it.
-    lab.lb_birds[1].resume();
+    lab.lb_birds[1].resume().unwrap();
     let back = lab.wait_next_hops(&prefix, 2, Duration::from_secs(15));
     eprintln!("SIGCONT -> next hop back: {back:?}");
 }

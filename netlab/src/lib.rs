@@ -1,7 +1,8 @@
 //! Private network namespaces for tests, benchmarks and the lab: unique names per run, guards
 //! that delete them on drop (also when a test panics), cleanup of namespaces left by crashed
 //! runs, veth pairs, and running code or commands inside a namespace; and what a test needs
-//! from the host, with the rule for skipping without it ([`prerequisite`]).
+//! from the host, with the rule for skipping without it ([`prerequisite`]); BIRD routers for the
+//! scale-out tests and lab ([`bird`]).
 //!
 //! Tests and benchmarks only ever send traffic to addresses inside namespaces made here.
 
@@ -14,6 +15,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+pub mod bird;
 pub mod http;
 pub mod prerequisite;
 

@@ -7,12 +7,14 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
-use netlab::{veth, Namespace};
+use netlab::{
+    bird::{next_hops, node_config, router_config, Bird, Timers},
+    veth, Namespace,
+};
 
 use super::topology::{unique, wait_for};
 
@@ -24,10 +26,8 @@ pub const BGP_VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 10);
 /// The backend [`BgpLab::add_backend`] makes.
 pub const BGP_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 202, 100, 2);
 /// BGP timers of every session: the router forgets a silent node after `HOLD`.
-pub const HOLD: Duration = Duration::from_secs(3);
-pub const KEEPALIVE: Duration = Duration::from_secs(1);
-const ROUTER_AS: u32 = 65000;
-const LB_AS: u32 = 65001;
+pub const HOLD: Duration = Timers::SHORT.hold;
+pub const KEEPALIVE: Duration = Timers::SHORT.keepalive;
 
 /// True when the test may create namespaces and the programs the lab runs are installed.
 pub fn bgp_prerequisites() -> bool {
@@ -47,125 +47,6 @@ pub fn router_side(index: usize) -> Ipv4Addr {
 /// Load balancer `index`'s address on its link to the router: its BGP next hop.
 pub fn lb_side(index: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 202, 1 + index as u8, 2)
-}
-
-/// One `bird -f` process in a namespace, with its control socket and log.
-pub struct Bird {
-    pub name: String,
-    pub socket: PathBuf,
-    pub log: PathBuf,
-    child: Child,
-    stopped: bool,
-}
-
-impl Bird {
-    /// Checks `config` with `bird -p`, then starts BIRD in the foreground in `namespace`.
-    pub fn start(namespace: &Namespace, dir: &Path, name: &str, config: &str) -> Self {
-        let path = dir.join(format!("{name}.conf"));
-        std::fs::write(&path, config).unwrap();
-        let check = Command::new("bird").arg("-p").arg("-c").arg(&path).output().unwrap();
-        assert!(check.status.success(), "bird -p {name}: {}\n{config}", String::from_utf8_lossy(&check.stderr));
-        let socket = dir.join(format!("{name}.ctl"));
-        let log = dir.join(format!("{name}.log"));
-        let output = std::fs::File::create(&log).unwrap();
-        let child = namespace
-            .command("bird")
-            .arg("-c")
-            .arg(&path)
-            .arg("-s")
-            .arg(&socket)
-            .arg("-f")
-            .stdin(Stdio::null())
-            .stdout(output.try_clone().unwrap())
-            .stderr(output)
-            .spawn()
-            .unwrap();
-        Self { name: name.to_owned(), socket, log, child, stopped: false }
-    }
-
-    /// `birdc -s SOCKET <command>`'s output; `None` while the socket does not answer.
-    pub fn birdc(&self, command: &str) -> Option<String> {
-        let output = Command::new("birdc").arg("-s").arg(&self.socket).args(command.split_whitespace()).output().ok()?;
-        output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
-    }
-
-    /// Whether BGP session `protocol` is Established.
-    pub fn established(&self, protocol: &str) -> bool {
-        self.birdc(&format!("show protocols {protocol}")).is_some_and(|text| text.contains("Established"))
-    }
-
-    /// SIGSTOP: the host goes silent, its sessions are not closed.
-    pub fn pause(&mut self) {
-        self.signal(libc::SIGSTOP);
-        self.stopped = true;
-    }
-
-    /// SIGCONT after [`Bird::pause`].
-    pub fn resume(&mut self) {
-        self.signal(libc::SIGCONT);
-        self.stopped = false;
-    }
-
-    /// `ip netns exec` execs BIRD in place, so the child's pid is BIRD's.
-    fn signal(&self, signal: i32) {
-        // SAFETY: a signal to our own child, which has not been reaped.
-        let result = unsafe { libc::kill(self.child.id() as i32, signal) };
-        assert_eq!(result, 0, "signal {signal} to bird {}", self.name);
-    }
-
-    pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Bird {
-    fn drop(&mut self) {
-        if self.stopped {
-            self.signal(libc::SIGCONT);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- bird {} ---\n{}", self.name, self.logs());
-        }
-    }
-}
-
-/// The router's BIRD: an eBGP session per load balancer, every best route with equal attributes
-/// merged into one multipath kernel route.
-fn router_config(lbs: usize) -> String {
-    let mut text = format!(
-        "router id 10.202.0.1;\nprotocol device {{ scan time 10; }}\n\
-         protocol kernel {{\n  ipv4 {{ import none; export all; }};\n  merge paths on;\n}}\n\
-         template bgp lb {{\n  local as {ROUTER_AS};\n{}  ipv4 {{ import all; export none; }};\n}}\n",
-        timers()
-    );
-    for index in 0..lbs {
-        text.push_str(&format!("protocol bgp lb{index} from lb {{ neighbor {} as {LB_AS}; }}\n", lb_side(index)));
-    }
-    text
-}
-
-/// A load balancer's BIRD, as contrib/bird-announce.conf.
-fn lb_config(index: usize) -> String {
-    format!(
-        "router id {};\nipv4 table announce4;\nprotocol device {{ scan time 10; }}\n\
-         protocol kernel announce_kernel4 {{\n  kernel table {ANNOUNCE_TABLE};\n  learn;\n  scan time 10;\n\
-         \x20 ipv4 {{ table announce4; import where krt_source = {ANNOUNCE_PROTOCOL}; export none; }};\n}}\n\
-         protocol bgp upstream {{\n  local as {LB_AS};\n  neighbor {} as {ROUTER_AS};\n{}\
-         \x20 ipv4 {{ table announce4; import none; export where net.len = 32; next hop self; }};\n}}\n",
-        lb_side(index),
-        router_side(index),
-        timers()
-    )
-}
-
-fn timers() -> String {
-    format!(
-        "  hold time {};\n  keepalive time {};\n  connect retry time 1;\n  connect delay time 1;\n  error wait time 1, 2;\n",
-        HOLD.as_secs(),
-        KEEPALIVE.as_secs()
-    )
 }
 
 /// Router, client and load balancers, with BIRD running on the router and every load balancer.
@@ -207,11 +88,15 @@ impl BgpLab {
         router
             .exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.fib_multipath_hash_policy=1"])
             .unwrap();
-        let router_bird = Bird::start(&router, dir, "router", &router_config(lbs));
+        let neighbors: Vec<(String, IpAddr)> = (0..lbs).map(|index| (format!("lb{index}"), lb_side(index).into())).collect();
+        let router_bird = Bird::start(&router, dir, "router", &router_config("10.202.0.1", &neighbors, Timers::SHORT)).unwrap();
         let lb_birds = lb_namespaces
             .iter()
             .enumerate()
-            .map(|(index, lb)| Bird::start(lb, dir, &format!("lb{index}"), &lb_config(index)))
+            .map(|(index, lb)| {
+                let config = node_config(lb_side(index).into(), router_side(index).into(), ANNOUNCE_TABLE, ANNOUNCE_PROTOCOL, Timers::SHORT);
+                Bird::start(lb, dir, &format!("lb{index}"), &config).unwrap()
+            })
             .collect();
         let lab = Self { router_bird, lb_birds, router, client, lbs: lb_namespaces, dir: scratch };
         let up = wait_for(Duration::from_secs(15), || {
@@ -248,7 +133,7 @@ impl BgpLab {
 
     /// The gateways of the router's route to `prefix` (`a.b.c.d/len`), sorted; empty without one.
     pub fn router_next_hops(&self, prefix: &str) -> Vec<IpAddr> {
-        router_next_hops(&self.router, prefix)
+        next_hops(&self.router, prefix).unwrap()
     }
 
     /// Polls every 10 ms until the router's route to `prefix` has exactly `expected` next hops;
@@ -280,16 +165,3 @@ impl Drop for Scratch {
     }
 }
 
-/// The gateways of `namespace`'s main-table route to `prefix`, from `ip -j route show`: one
-/// `gateway` for a single path, `nexthops[].gateway` for a multipath route.
-pub fn router_next_hops(namespace: &Namespace, prefix: &str) -> Vec<IpAddr> {
-    let output = namespace.exec(&["ip", "-j", "route", "show", "exact", prefix]).unwrap();
-    let routes: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let mut hops: Vec<IpAddr> = Vec::new();
-    for route in routes.as_array().into_iter().flatten() {
-        let gateways = route["nexthops"].as_array().map_or_else(|| vec![&route["gateway"]], |hops| hops.iter().map(|hop| &hop["gateway"]).collect());
-        hops.extend(gateways.into_iter().filter_map(|gateway| gateway.as_str()?.parse::<IpAddr>().ok()));
-    }
-    hops.sort();
-    hops
-}
