@@ -1,7 +1,7 @@
 //! What this node announces: a VIP is announceable when announcing is on for it, this node
 //! serves it (owns it, alone or as its group's master), it can serve it (a backend up or
-//! draining, or `all_down = "pass"`) and the node is not drained. Pure: the state owner feeds it
-//! and writes the routes (`netlink` `add_blackhole` / `remove_blackhole`).
+//! draining, or `all_down = "pass"`) and the node is neither drained nor stopping. Pure: the
+//! state owner feeds it and writes the routes (`netlink` `add_blackhole` / `remove_blackhole`).
 
 use crate::{config::AllDown, daemon::plan::Member, daemon::plan::Admin};
 
@@ -17,6 +17,18 @@ pub enum Reason {
     NoBackendUp,
     /// `drain-node`.
     NodeDrained,
+    /// The daemon stops for good (SIGUSR1: `systemctl stop`, a shutdown) and withdrew first.
+    Stopping,
+}
+
+/// The node's own state, which overrides every VIP's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Node {
+    Serving,
+    /// `drain-node`: an operator's decision, kept across restarts until `undrain-node`.
+    Drained,
+    /// A stop for good: for the rest of this process only, so the next start announces again.
+    Stopping,
 }
 
 impl Reason {
@@ -27,17 +39,20 @@ impl Reason {
             Reason::NotOwned => "not_owned",
             Reason::NoBackendUp => "no_backend_up",
             Reason::NodeDrained => "node_drained",
+            Reason::Stopping => "stopping",
         }
     }
 }
 
 /// The decision for one VIP.
-pub fn decide(announce: bool, owned: bool, all_down: AllDown, members: &[Member], node_drained: bool) -> Reason {
+pub fn decide(announce: bool, owned: bool, all_down: AllDown, members: &[Member], node: Node) -> Reason {
     if !announce {
         return Reason::Disabled;
     }
-    if node_drained {
-        return Reason::NodeDrained;
+    match node {
+        Node::Stopping => return Reason::Stopping,
+        Node::Drained => return Reason::NodeDrained,
+        Node::Serving => {}
     }
     if !owned {
         return Reason::NotOwned;
@@ -63,15 +78,17 @@ mod tests {
     #[test]
     fn every_reason() {
         let up = [member(true, Admin::Enabled)];
-        assert_eq!(decide(true, true, AllDown::Drop, &up, false), Reason::Announced);
-        assert_eq!(decide(false, true, AllDown::Drop, &up, false), Reason::Disabled);
-        assert_eq!(decide(true, true, AllDown::Drop, &up, true), Reason::NodeDrained);
-        assert_eq!(decide(true, false, AllDown::Drop, &up, false), Reason::NotOwned);
+        assert_eq!(decide(true, true, AllDown::Drop, &up, Node::Serving), Reason::Announced);
+        assert_eq!(decide(false, true, AllDown::Drop, &up, Node::Serving), Reason::Disabled);
+        assert_eq!(decide(true, true, AllDown::Drop, &up, Node::Drained), Reason::NodeDrained);
+        assert_eq!(decide(true, true, AllDown::Drop, &up, Node::Stopping), Reason::Stopping);
+        assert_eq!(decide(false, true, AllDown::Drop, &up, Node::Stopping), Reason::Disabled, "never announced, nothing to say");
+        assert_eq!(decide(true, false, AllDown::Drop, &up, Node::Serving), Reason::NotOwned);
         let down = [member(false, Admin::Enabled), member(true, Admin::Maintenance)];
-        assert_eq!(decide(true, true, AllDown::Drop, &down, false), Reason::NoBackendUp);
-        assert_eq!(decide(true, true, AllDown::Pass, &down, false), Reason::Announced, "all_down = pass serves locally");
+        assert_eq!(decide(true, true, AllDown::Drop, &down, Node::Serving), Reason::NoBackendUp);
+        assert_eq!(decide(true, true, AllDown::Pass, &down, Node::Serving), Reason::Announced, "all_down = pass serves locally");
         // A draining backend still serves its tracked flows.
-        assert_eq!(decide(true, true, AllDown::Drop, &[member(true, Admin::Drained)], false), Reason::Announced);
-        assert_eq!(decide(true, true, AllDown::Drop, &[], false), Reason::NoBackendUp);
+        assert_eq!(decide(true, true, AllDown::Drop, &[member(true, Admin::Drained)], Node::Serving), Reason::Announced);
+        assert_eq!(decide(true, true, AllDown::Drop, &[], Node::Serving), Reason::NoBackendUp);
     }
 }

@@ -66,7 +66,10 @@ enum Command {
     },
     /// Run the controller: load or adopt the pinned data plane, attach it, probe the backends
     /// and keep the maps equal to the configuration. Stops on SIGTERM / SIGINT, leaving the data
-    /// plane forwarding; SIGHUP reloads.
+    /// plane forwarding and the announced routes in place (a restart is hitless); SIGHUP reloads.
+    /// SIGUSR1 stops for good: every VIP is withdrawn, the daemon waits `announce.withdraw_grace`
+    /// for the routers to converge, then stops (the systemd unit's KillSignal; its restarts send
+    /// SIGTERM). That withdraw is not a drain-node: the next start announces again.
     Run {
         /// The TOML configuration file (or the global --config).
         #[arg(long = "config-file", short = 'c')]

@@ -120,8 +120,10 @@ fn render(status: Status, view: &PinnedView) -> String {
     metrics::render(status, traffic)
 }
 
-/// Runs the daemon until SIGTERM or SIGINT. A configuration or load error stops it before the
-/// data plane is touched.
+/// Runs the daemon until SIGTERM or SIGINT, which keep the announced routes (a restart is
+/// hitless), or SIGUSR1, which withdraws every VIP and waits `announce.withdraw_grace` first (a
+/// stop for good: the systemd unit sends it on `systemctl stop` and at shutdown, and SIGTERM on
+/// restarts). A configuration or load error stops it before the data plane is touched.
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = config::load(config_path)?;
     let paths = InstancePaths::new(&config.instance);
@@ -246,6 +248,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         let mut hangup = signal(SignalKind::hangup())?;
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut withdraw = signal(SignalKind::user_defined1())?;
         tracing::info!("instance {} running (pid {})", config.instance, std::process::id());
         loop {
             tokio::select! {
@@ -259,6 +262,21 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
                 }
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
+                _ = withdraw.recv() => {
+                    let (reply, answer) = oneshot::channel();
+                    if sender.send(Message::Withdraw(reply)).await.is_ok() {
+                        if let Ok(Some(grace)) = answer.await {
+                            tracing::info!("SIGUSR1: every VIP withdrawn; stopping in {grace:?} (announce.withdraw_grace) once the routers have moved the flows");
+                            // Still the controller meanwhile; SIGTERM or SIGINT cut the wait short.
+                            tokio::select! {
+                                _ = tokio::time::sleep(grace) => {}
+                                _ = terminate.recv() => {}
+                                _ = interrupt.recv() => {}
+                            }
+                        }
+                    }
+                    break;
+                }
             }
         }
         tracing::info!("stopping; the data plane stays attached and keeps forwarding");

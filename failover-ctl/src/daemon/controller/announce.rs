@@ -12,7 +12,7 @@ use std::{
 
 use super::state::{members, Controller};
 use crate::{
-    announce::{decide, Reason},
+    announce::{decide, Node, Reason},
     daemon::status::{now_millis, Event},
     netlink::Netlink,
 };
@@ -32,7 +32,21 @@ pub(super) struct Announced {
     /// Per VIP name: the decision and since when it holds.
     pub(super) vips: BTreeMap<String, (Reason, u64)>,
     pub(super) node_drained: bool,
+    /// Withdrawn for a stop for good (SIGUSR1); never saved, unlike `node_drained`.
+    pub(super) stopping: bool,
     pub(super) withdrawals: u64,
+}
+
+impl Announced {
+    fn node(&self) -> Node {
+        if self.stopping {
+            Node::Stopping
+        } else if self.node_drained {
+            Node::Drained
+        } else {
+            Node::Serving
+        }
+    }
 }
 
 impl Controller {
@@ -52,7 +66,7 @@ impl Controller {
                 Some(election) => elections.iter().any(|status| status.name == election.name && status.owned),
                 None => vip.config.owned,
             };
-            let reason = decide(vip.config.announce, owned, vip.config.all_down, &members(vip, &self.backends), self.announced.node_drained);
+            let reason = decide(vip.config.announce, owned, vip.config.all_down, &members(vip, &self.backends), self.announced.node());
             // Several services can share an address: its route stands while any is announced.
             *wanted.entry(vip.config.address).or_default() |= reason == Reason::Announced;
             decisions.push((vip.config.name.clone(), reason));
@@ -116,6 +130,28 @@ impl Controller {
         let verb = if drained { "drained: every VIP withdrawn" } else { "undrained: announceable VIPs announced" };
         self.record(Event { kind: if drained { "drain_node" } else { "undrain_node" }.into(), detail: verb.into(), ..Event::default() });
         Ok(format!("node {verb}"))
+    }
+
+    /// The stop signal (SIGUSR1, the systemd unit's `KillSignal=`): withdraws every VIP for the
+    /// rest of this process, so the routers move the flows away while this node still forwards.
+    /// Not saved as a drain: the next start announces again. The grace to wait before stopping,
+    /// or `None` when there was nothing to withdraw (announcing off, or nothing announced).
+    pub(super) fn withdraw_for_stop(&mut self) -> Option<std::time::Duration> {
+        if self.announcing.is_none() || !self.config.announce.enabled {
+            return None;
+        }
+        let announced = self.announced.routes.as_ref().is_some_and(|routes| !routes.is_empty());
+        self.announced.stopping = true;
+        self.update_announcements();
+        let grace = self.config.announce.withdraw_grace;
+        let detail = if announced {
+            format!("stopping: every VIP withdrawn, stopping in {grace:?} (announce.withdraw_grace)")
+        } else {
+            "stopping: nothing was announced".to_owned()
+        };
+        self.record(Event { kind: "stopping".into(), detail, ..Event::default() });
+        self.publish_status();
+        announced.then_some(grace)
     }
 
     /// Whether `address` has a route in the announce table now.

@@ -53,6 +53,8 @@ pub enum Message {
     Election(crate::election::runtime::Report),
     /// Once a second: refresh the published status if it changed.
     Tick,
+    /// The stop signal: withdraw every VIP before stopping; answers the grace to wait, if any.
+    Withdraw(oneshot::Sender<Option<std::time::Duration>>),
     /// Stop: probes end, the maps stay as they are.
     Shutdown,
 }
@@ -252,6 +254,9 @@ impl Controller {
             Message::Control(request, reply) => {
                 let response = self.on_request(request);
                 let _ = reply.send(response);
+            }
+            Message::Withdraw(reply) => {
+                let _ = reply.send(self.withdraw_for_stop());
             }
             Message::Tick => {
                 // Retired table regions go back to the pool here, off the failover path.
