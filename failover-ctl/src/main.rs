@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use failover_ctl::{
     cli::{
+        flush,
         inspect::{self, Target},
         monitor,
     },
@@ -163,6 +164,18 @@ enum Command {
     DrainNode,
     /// Announce every announceable VIP again.
     UndrainNode,
+    /// Remove every route the controller announced (the host routes of the announce table with
+    /// its route protocol, IPv4 and IPv6) without the daemon, which must not be running: for a
+    /// node whose controller cannot run at all (failover-ctl-flush.service). Table and protocol
+    /// come from --config's [announce], or from the flags, which win.
+    FlushAnnouncements {
+        /// The announce table (default: `announce.table` of --config).
+        #[arg(long)]
+        table: Option<u32>,
+        /// The controller's route protocol number (default: `announce.protocol` of --config).
+        #[arg(long)]
+        protocol: Option<u8>,
+    },
     /// The VRRP groups: state, priority, master, interval, ownership, last transition, failed
     /// tracks, counters and the table digests of their VIPs.
     Elections,
@@ -326,6 +339,17 @@ fn execute(arguments: &Arguments) -> anyhow::Result<()> {
         Command::Announcements => inspect::announcements(&target()?),
         Command::DrainNode => drain_node(&instance_paths(arguments)?),
         Command::UndrainNode => send(&instance_paths(arguments)?, Request::UndrainNode),
+        Command::FlushAnnouncements { table, protocol } => {
+            // Loaded once: a configuration that does not load stops the command before any route goes.
+            let config = arguments.config.as_deref().map(config::load).transpose()?;
+            let (table, protocol) = flush::selection(config.as_ref().map(|config| &config.announce), *table, *protocol)?;
+            let paths = match (&arguments.instance, &config) {
+                (Some(instance), _) => InstancePaths::new(instance),
+                (None, Some(config)) => InstancePaths::new(&config.instance),
+                (None, None) => InstancePaths::new("default"),
+            };
+            flush::flush_announcements(&paths, table, protocol, arguments.json)
+        }
         Command::Election { action } => {
             let request = match action {
                 ElectionAction::Resign { group } => Request::ElectionResign { group: group.clone() },

@@ -1,6 +1,6 @@
 //! Routes in one kernel table that the controller owns: `blackhole` host routes, one per VIP it
 //! announces, marked with its own route protocol number so that a routing daemon can export
-//! exactly them and the controller removes only its own.
+//! exactly them and the controller removes only its own (also with no daemon: [`Netlink::flush`]).
 
 use std::net::IpAddr;
 
@@ -50,6 +50,30 @@ impl Netlink {
 
     /// The host routes of `table` with route protocol `protocol`, both families.
     pub async fn routes(&self, table: u32, protocol: u8) -> Result<Vec<IpAddr>, NetlinkError> {
+        let mut found: Vec<IpAddr> = self.own_routes(table, protocol).await?.into_iter().map(|(address, _)| address).collect();
+        found.sort();
+        Ok(found)
+    }
+
+    /// Removes every host route of `table` with route protocol `protocol`, both families, whatever
+    /// its type, and returns the destinations removed; an empty table is not an error. Each route
+    /// is deleted with the message the kernel listed it by, so that exactly it goes.
+    pub async fn flush(&self, table: u32, protocol: u8) -> Result<Vec<IpAddr>, NetlinkError> {
+        let mut removed = Vec::new();
+        for (address, message) in self.own_routes(table, protocol).await? {
+            match self.handle.route().del(message).execute().await {
+                Ok(()) => removed.push(address),
+                // Gone meanwhile: not removed by us.
+                Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -ESRCH => {}
+                Err(source) => return Err(NetlinkError::Request { what: format!("removing {address} from table {table}"), source }),
+            }
+        }
+        removed.sort();
+        Ok(removed)
+    }
+
+    /// The host routes of `table` with `protocol`, with the messages that list them.
+    async fn own_routes(&self, table: u32, protocol: u8) -> Result<Vec<(IpAddr, RouteMessage)>, NetlinkError> {
         let mut found = Vec::new();
         let requests = [
             RouteMessageBuilder::<std::net::Ipv4Addr>::new().table_id(table).build(),
@@ -61,7 +85,7 @@ impl Netlink {
                 match stream.try_next().await {
                     Ok(Some(message)) => {
                         if let Some(address) = own_route(&message, table, protocol) {
-                            found.push(address);
+                            found.push((address, message));
                         }
                     }
                     Ok(None) => break,
@@ -69,7 +93,6 @@ impl Netlink {
                 }
             }
         }
-        found.sort();
         Ok(found)
     }
 }
