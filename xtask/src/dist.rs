@@ -1,6 +1,6 @@
 //! `cargo xtask dist`: what a package of failover needs, in one directory (`target/dist/` by
 //! default): the release `failover-ctl`, its man pages, shell completions for bash, zsh and fish,
-//! and the systemd unit.
+//! and the systemd units.
 //!
 //! The pages and completions come from the built binary itself (its hidden `man` subcommand and
 //! `completions SHELL`): xtask must not depend on failover-ctl (see xtask/Cargo.toml), and what
@@ -23,8 +23,10 @@ use crate::{
 
 const PACKAGE: &str = "failover-ctl";
 const BINARY: &str = "failover-ctl";
-/// The systemd unit, relative to the workspace root.
-const UNIT: &str = "contrib/failover-ctl.service";
+/// Where the systemd units are, relative to the workspace root.
+const UNIT_DIRECTORY: &str = "contrib";
+/// The systemd units: the controller, and the one its `OnFailure=` starts to withdraw the VIPs.
+const UNITS: [&str; 2] = ["failover-ctl.service", "failover-ctl-flush.service"];
 /// Shells and the file name each one's completion loader looks for.
 const COMPLETIONS: [(&str, &str); 3] = [("bash", "failover-ctl.bash"), ("zsh", "_failover-ctl"), ("fish", "failover-ctl.fish")];
 
@@ -41,7 +43,8 @@ pub struct Layout {
     pub binary: PathBuf,
     pub man: PathBuf,
     pub completions: PathBuf,
-    pub unit: PathBuf,
+    /// The directory of the systemd units.
+    pub units: PathBuf,
 }
 
 impl Layout {
@@ -50,7 +53,7 @@ impl Layout {
             binary: out.join("bin").join(BINARY),
             man: out.join("man").join("man1"),
             completions: out.join("completions"),
-            unit: out.join("systemd").join("failover-ctl.service"),
+            units: out.join("systemd"),
         }
     }
 }
@@ -74,7 +77,7 @@ pub fn run(arguments: Arguments) -> Result<()> {
             _ => {}
         }
     }
-    for directory in [layout.binary.parent(), Some(layout.man.as_path()), Some(layout.completions.as_path()), layout.unit.parent()]
+    for directory in [layout.binary.parent(), Some(layout.man.as_path()), Some(layout.completions.as_path()), Some(layout.units.as_path())]
         .into_iter()
         .flatten()
     {
@@ -91,14 +94,18 @@ pub fn run(arguments: Arguments) -> Result<()> {
         let path = layout.completions.join(name);
         fs::write(&path, script).with_context(|| format!("writing {}", path.display()))?;
     }
-    copy(&root.join(UNIT), &layout.unit)?;
+    for unit in UNITS {
+        copy(&root.join(UNIT_DIRECTORY).join(unit), &layout.units.join(unit))?;
+    }
     println!("{}:", out.display());
     println!("  {}", layout.binary.display());
     println!("  {} ({pages} pages)", layout.man.display());
     for (_, name) in COMPLETIONS {
         println!("  {}", layout.completions.join(name).display());
     }
-    println!("  {}", layout.unit.display());
+    for unit in UNITS {
+        println!("  {}", layout.units.join(unit).display());
+    }
     Ok(())
 }
 
@@ -164,6 +171,30 @@ mod tests {
         assert_eq!(layout.binary, Path::new("/tmp/dist/bin/failover-ctl"));
         assert_eq!(layout.man, Path::new("/tmp/dist/man/man1"));
         assert_eq!(layout.completions, Path::new("/tmp/dist/completions"));
-        assert_eq!(layout.unit, Path::new("/tmp/dist/systemd/failover-ctl.service"));
+        assert_eq!(layout.units, Path::new("/tmp/dist/systemd"));
+    }
+
+    /// Every unit in contrib/ is shipped, so a new one cannot be forgotten, and every unit another
+    /// one starts (`OnFailure=`) is among them.
+    #[test]
+    fn every_contributed_unit_is_shipped() {
+        let contrib = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(UNIT_DIRECTORY);
+        let mut found: Vec<String> = fs::read_dir(&contrib)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".service"))
+            .collect();
+        found.sort();
+        let mut shipped = UNITS.map(str::to_owned).to_vec();
+        shipped.sort();
+        assert_eq!(found, shipped);
+        for unit in UNITS {
+            let text = fs::read_to_string(contrib.join(unit)).unwrap();
+            for line in text.lines().filter_map(|line| line.strip_prefix("OnFailure=")) {
+                for started in line.split_whitespace() {
+                    assert!(UNITS.contains(&started), "{unit} starts {started}, which dist does not ship");
+                }
+            }
+        }
     }
 }

@@ -41,7 +41,7 @@ enum Task {
     /// installs what is missing first). Fails on any violation.
     Fuzz(fuzz::Arguments),
     /// Build failover-ctl in release and write what a package needs into target/dist/: the
-    /// binary, its man pages, bash / zsh / fish completions and the systemd unit (installs the
+    /// binary, its man pages, bash / zsh / fish completions and the systemd units (installs the
     /// eBPF toolchain where missing).
     Dist(dist::Arguments),
     /// List every prerequisite (packages, bpffs, kernel features, eBPF toolchain) as found or
