@@ -62,8 +62,26 @@ fn blackhole(namespace: &Namespace, destination: &str, table: u32, protocol: u8)
     namespace.ip(&format!("{family} route add blackhole {destination} table {table} proto {protocol}")).unwrap();
 }
 
-/// A configuration that loads (announcing on `table` / `protocol`), in a scratch directory.
-fn config_file(name: &str, announce: &str) -> PathBuf {
+/// A configuration file in a scratch directory that goes when this is dropped.
+struct ConfigFile {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl ConfigFile {
+    fn path(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A configuration that loads but for what `announce` (its `[announce]` section) says.
+fn config_file(name: &str, announce: &str) -> ConfigFile {
     let dir = std::env::temp_dir().join(format!("failover-stop-path-{}-{}", std::process::id(), unique()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
@@ -79,7 +97,7 @@ fn config_file(name: &str, announce: &str) -> PathBuf {
         ),
     )
     .unwrap();
-    path
+    ConfigFile { dir, path }
 }
 
 /// `failover-ctl --netns <namespace> <args>`.
@@ -115,7 +133,7 @@ fn flush_removes_only_the_controllers_routes_with_no_daemon() {
     namespace.ip("route add blackhole 203.0.113.13/32 proto 201").unwrap();
     let config = config_file("failover.toml", &format!("[announce]\nenabled = true\ntable = {TABLE}\nprotocol = {PROTOCOL}\n"));
 
-    let output = ctl(&namespace, &["--config", config.to_str().unwrap(), "flush-announcements"]);
+    let output = ctl(&namespace, &["--config", config.path(), "flush-announcements"]);
     let (stdout, stderr) = text(&output);
     assert!(output.status.success(), "flush-announcements: {stderr}");
     assert!(stdout.starts_with("table 100: removed 3 routes with protocol 201\n"), "{stdout}");
@@ -128,7 +146,7 @@ fn flush_removes_only_the_controllers_routes_with_no_daemon() {
     assert_eq!(listed(&namespace, "-4", 254, Some(PROTOCOL)), addresses(&["203.0.113.13"]), "the main table stays");
 
     // Again, on the empty table: nothing to do is no error; --json for scripts.
-    let output = ctl(&namespace, &["--json", "--config", config.to_str().unwrap(), "flush-announcements"]);
+    let output = ctl(&namespace, &["--json", "--config", config.path(), "flush-announcements"]);
     let (stdout, stderr) = text(&output);
     assert!(output.status.success(), "second flush-announcements: {stderr}");
     let view: serde_json::Value = serde_json::from_str(&stdout).expect("flush-announcements --json");
@@ -155,13 +173,13 @@ fn a_bad_configuration_or_a_missing_table_removes_nothing() {
 
     // The main table is refused by the configuration's validation, with the file and the line.
     let config = config_file("bad.toml", "[announce]\nenabled = true\ntable = 254\n");
-    let output = ctl(&namespace, &["--config", config.to_str().unwrap(), "flush-announcements"]);
+    let output = ctl(&namespace, &["--config", config.path(), "flush-announcements"]);
     let (stdout, stderr) = text(&output);
     assert!(!output.status.success(), "a bad configuration was accepted: {stdout}");
     assert!(stderr.contains("bad.toml:9: announce.table: must be a table of its own"), "{stderr}");
     assert_eq!(listed_both(&namespace, TABLE, None), all);
 
-    let missing = config.with_file_name("missing.toml");
+    let missing = config.path.with_file_name("missing.toml");
     let output = ctl(&namespace, &["--config", missing.to_str().unwrap(), "flush-announcements"]);
     let (_, stderr) = text(&output);
     assert!(!output.status.success() && stderr.contains("missing.toml"), "{stderr}");
