@@ -17,6 +17,8 @@ pub enum Reason {
     NoBackendUp,
     /// `drain-node`.
     NodeDrained,
+    /// Announceable, to be announced anew once it has been so for `announce.rejoin_delay`.
+    RejoinDelay,
     /// The daemon stops for good (SIGUSR1: `systemctl stop`, a shutdown) and withdrew first.
     Stopping,
 }
@@ -39,6 +41,7 @@ impl Reason {
             Reason::NotOwned => "not_owned",
             Reason::NoBackendUp => "no_backend_up",
             Reason::NodeDrained => "node_drained",
+            Reason::RejoinDelay => "rejoin_delay",
             Reason::Stopping => "stopping",
         }
     }

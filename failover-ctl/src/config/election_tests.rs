@@ -201,9 +201,15 @@ fn announce_defaults_and_rules() {
     let config = parse(BASE, "test.toml").unwrap();
     assert_eq!(config.announce, Announce::default());
     assert!(!config.announce.enabled && config.vips[0].announce);
-    let text = format!("{BASE}[announce]\nenabled = true\ntable = 200\nprotocol = 99\nwithdraw_grace = \"2s\"\n");
+    // The default rejoin delay: (rise + 1) intervals with jitter of the slowest backend.
+    let timing = config.vips[0].backends[0].probe.timing;
+    assert_eq!(config.rejoin_delay(), (timing.interval + timing.jitter) * (timing.rise + 1));
+    let text = format!("{BASE}[announce]\nenabled = true\ntable = 200\nprotocol = 99\nwithdraw_grace = \"2s\"\nrejoin_delay = \"750ms\"\n");
     let config = parse(&text, "test.toml").unwrap();
-    assert_eq!(config.announce, Announce { enabled: true, table: 200, protocol: 99, withdraw_grace: Duration::from_secs(2) });
+    let expected = Announce { enabled: true, table: 200, protocol: 99, withdraw_grace: Duration::from_secs(2), rejoin_delay: Some(Duration::from_millis(750)) };
+    assert_eq!(config.announce, expected);
+    assert_eq!(config.rejoin_delay(), Duration::from_millis(750));
+    assert_problem("[announce]\nrejoin_delay = \"11m\"\n", "test.toml:15: announce.rejoin_delay: at most 10m, got 11m");
     for table in [0, 253, 254, 255] {
         assert_problem(
             &format!("[announce]\ntable = {table}\n"),

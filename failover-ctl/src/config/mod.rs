@@ -158,15 +158,29 @@ pub struct Announce {
     pub protocol: u8,
     /// `withdraw_grace`: how long `drain-node` waits after withdrawing, default 5 s.
     pub withdraw_grace: Duration,
+    /// `rejoin_delay`: how long a VIP must stay announceable before it is announced anew (at
+    /// start, after a withdraw); `None` = [`Config::rejoin_delay`]'s default.
+    pub rejoin_delay: Option<Duration>,
 }
 
 impl Default for Announce {
     fn default() -> Self {
-        Self { enabled: false, table: 100, protocol: 201, withdraw_grace: Duration::from_secs(5) }
+        Self { enabled: false, table: 100, protocol: 201, withdraw_grace: Duration::from_secs(5), rejoin_delay: None }
     }
 }
 
 impl Config {
+    /// `announce.rejoin_delay`, by default the time every backend needs to complete its rise:
+    /// (rise + 1) probe intervals (with jitter) of the slowest backend. A node that announced a
+    /// VIP at its first backend up would take flows with a table the other nodes do not have,
+    /// and reset the flows of the backends still rising.
+    pub fn rejoin_delay(&self) -> Duration {
+        self.announce.rejoin_delay.unwrap_or_else(|| {
+            let backends = self.vips.iter().flat_map(|vip| &vip.backends);
+            backends.map(|backend| backend.probe.timing).map(|timing| (timing.interval + timing.jitter) * (timing.rise + 1)).max().unwrap_or_default()
+        })
+    }
+
     /// Number of backends over all VIPs.
     pub fn backend_count(&self) -> usize {
         self.vips.iter().map(|vip| vip.backends.len()).sum()

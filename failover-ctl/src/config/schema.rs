@@ -32,6 +32,7 @@ pub(super) struct RawAnnounce {
     pub(super) table: Option<i64>,
     pub(super) protocol: Option<i64>,
     pub(super) withdraw_grace: Option<String>,
+    pub(super) rejoin_delay: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,6 +6,7 @@ mod address_entry;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     os::fd::AsFd,
     path::PathBuf,
 };
@@ -667,5 +668,13 @@ impl Counters {
     /// Forgets a tracked flow.
     pub fn forget_flow(&mut self, key: &FlowKey) -> Result<(), MapWriteError> {
         self.flows.remove(key).map_err(map_error(names::FLOWS))
+    }
+
+    /// Forgets every tracked flow to `destination` (any port and protocol); how many were
+    /// removed (an entry the LRU evicted meanwhile is not counted).
+    pub fn forget_flows_to(&mut self, destination: IpAddr) -> Result<usize, MapWriteError> {
+        let (words, family) = crate::address::to_words(destination);
+        let keys: Vec<FlowKey> = self.flows.keys().collect::<Result<_, _>>().map_err(map_error(names::FLOWS))?;
+        Ok(keys.iter().filter(|key| key.destination == words && key.family == family).filter(|key| self.flows.remove(key).is_ok()).count())
     }
 }

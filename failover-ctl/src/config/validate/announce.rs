@@ -4,6 +4,9 @@
 use super::super::schema::RawAnnounce;
 use super::*;
 
+/// A longer hold-down keeps a healthy node out of the router's set for no benefit.
+const MAX_REJOIN_DELAY: Duration = Duration::from_secs(600);
+
 impl Validator {
     pub(super) fn announce(&mut self, raw: RawAnnounce) -> Announce {
         let defaults = Announce::default();
@@ -23,6 +26,13 @@ impl Validator {
             }),
         };
         let withdraw_grace = self.field("announce.withdraw_grace", raw.withdraw_grace.as_deref(), defaults.withdraw_grace, parse_duration);
-        Announce { enabled: raw.enabled.unwrap_or(false), table, protocol, withdraw_grace }
+        let rejoin_delay = raw.rejoin_delay.as_deref().map(|text| {
+            let delay = self.field("announce.rejoin_delay", Some(text), Duration::ZERO, parse_duration);
+            if delay > MAX_REJOIN_DELAY {
+                self.problem("announce.rejoin_delay", format!("at most {}, got {text}", humantime::format_duration(MAX_REJOIN_DELAY)));
+            }
+            delay
+        });
+        Announce { enabled: raw.enabled.unwrap_or(false), table, protocol, withdraw_grace, rejoin_delay }
     }
 }

@@ -2,7 +2,8 @@
 //! (`crate::announce::decide`) and makes the kernel table match — a `blackhole` host route per
 //! announced VIP address, with the configured table and route protocol — writing only what
 //! changed. The first step reconciles with what the table holds (a restarted daemon adopts its
-//! routes and writes nothing when nothing changed).
+//! routes and writes nothing when nothing changed). An address announced anew first forgets the
+//! flows tracked to it: the router's flows come back chosen by the shared table.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -35,6 +36,8 @@ pub(super) struct Announced {
     /// Withdrawn for a stop for good (SIGUSR1); never saved, unlike `node_drained`.
     pub(super) stopping: bool,
     pub(super) withdrawals: u64,
+    /// Addresses announceable but not announced: since when (the rejoin delay runs).
+    pub(super) announceable_since: BTreeMap<IpAddr, u64>,
 }
 
 impl Announced {
@@ -69,14 +72,7 @@ impl Controller {
             let reason = decide(vip.config.announce, owned, vip.config.all_down, &members(vip, &self.backends), self.announced.node());
             // Several services can share an address: its route stands while any is announced.
             *wanted.entry(vip.config.address).or_default() |= reason == Reason::Announced;
-            decisions.push((vip.config.name.clone(), reason));
-        }
-        for (name, reason) in decisions {
-            let entry = self.announced.vips.entry(name).or_insert((reason, now));
-            if entry.0 != reason {
-                *entry = (reason, now);
-                self.dirty = true;
-            }
+            decisions.push((vip.config.name.clone(), vip.config.address, reason));
         }
         let present = match &self.announced.routes {
             Some(routes) => routes.clone(),
@@ -88,14 +84,52 @@ impl Controller {
                 }
             },
         };
+        // An address to announce anew waits until it has been announceable for the rejoin
+        // delay: the node's backends finish rising, so it joins the router's set with the
+        // table every other node has.
+        let delay = self.config.rejoin_delay().as_millis() as u64;
+        let mut held = BTreeSet::new();
+        for (address, want) in &wanted {
+            if *want && !present.contains(address) {
+                let since = *self.announced.announceable_since.entry(*address).or_insert(now);
+                if now.saturating_sub(since) < delay {
+                    held.insert(*address);
+                }
+            } else {
+                self.announced.announceable_since.remove(address);
+            }
+        }
+        for (name, address, reason) in decisions {
+            let reason = if reason == Reason::Announced && held.contains(&address) { Reason::RejoinDelay } else { reason };
+            let entry = self.announced.vips.entry(name).or_insert((reason, now));
+            if entry.0 != reason {
+                *entry = (reason, now);
+                self.dirty = true;
+            }
+        }
         let mut routes = present.clone();
         let mut events = Vec::new();
         for (address, want) in &wanted {
-            if *want && !present.contains(address) {
+            if *want && !present.contains(address) && !held.contains(address) {
+                // The node joins the router's ECMP set for this address: the flows the router
+                // sends here were carried meanwhile by nodes that chose by the same table, so
+                // the table is right for them and what this node tracked before it left is not
+                // (a flow moved to another backend while some backends looked down from here
+                // would be sent to that backend and reset). Forgotten before the route exists.
+                let forgotten = match self.dataplane.counters.forget_flows_to(*address) {
+                    Ok(count) => count,
+                    Err(error) => {
+                        tracing::warn!("forgetting the flows to {address} before announcing it: {error}");
+                        0
+                    }
+                };
                 match announcing.runtime.block_on(announcing.netlink.add_blackhole(*address, settings.table, settings.protocol)) {
                     Ok(()) => {
                         routes.insert(*address);
-                        events.push(format!("announced {address}"));
+                        events.push(match forgotten {
+                            0 => format!("announced {address}"),
+                            count => format!("announced {address} (forgot {count} flows tracked before the node left the router's set)"),
+                        });
                     }
                     Err(error) => tracing::warn!("announcing {address}: {error}"),
                 }

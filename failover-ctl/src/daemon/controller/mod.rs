@@ -237,9 +237,12 @@ impl Controller {
     pub fn handle(&mut self, message: Message) -> bool {
         let running = self.dispatch(message);
         // In the same step: a VIP whose last backend failed is withdrawn with the table that
-        // says so.
+        // says so; then the status that shows both.
         if running {
             self.update_announcements();
+            if self.dirty {
+                self.publish_status();
+            }
         }
         running
     }

@@ -85,7 +85,9 @@ impl Controller {
             timings: Some(timings.clone()),
             ..Event::default()
         });
-        self.publish_status();
+        // Published at the end of the step, after the announcements it may change: the status
+        // (table digests, state.json) never delays a withdraw.
+        self.dirty = true;
         Some(timings)
     }
 
