@@ -41,6 +41,23 @@ impl Timers {
     }
 }
 
+/// Makes `router` forward and spread flows over a multipath route by a hash of each packet's
+/// 5-tuple read from its headers (`fib_multipath_hash_policy=3` with the five fields), as a router
+/// does for a remote client. Policy 1 would take the hash the client's TCP socket left on the
+/// packet, which crosses a veth pair intact (and which TCP changes after a retransmission
+/// timeout): flows would hop between next hops, and `ip route get` could not tell where one goes.
+pub fn enable_ecmp(router: &Namespace) -> Result<()> {
+    router
+        .exec(&[
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.fib_multipath_hash_policy=3",
+            "net.ipv4.fib_multipath_hash_fields=0x0037",
+        ])
+        .map(drop)
+}
+
 /// The router's BIRD: an eBGP session per neighbor (`(name, address)`), every best route with
 /// equal attributes merged into one multipath kernel route (`merge paths on`).
 pub fn router_config(router_id: &str, neighbors: &[(String, IpAddr)], timers: Timers) -> String {

@@ -11,8 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use failover_ctl::loader::Decap;
 use netlab::{
-    bird::{next_hops, node_config, router_config, Bird, Timers},
+    bird::{enable_ecmp, next_hops, node_config, router_config, Bird, Timers},
     veth, Namespace,
 };
 
@@ -23,8 +24,6 @@ pub const ANNOUNCE_TABLE: u32 = 100;
 pub const ANNOUNCE_PROTOCOL: u8 = 201;
 /// The VIP the BGP tests announce.
 pub const BGP_VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 10);
-/// The backend [`BgpLab::add_backend`] makes.
-pub const BGP_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 202, 100, 2);
 /// BGP timers of every session: the router forgets a silent node after `HOLD`.
 pub const HOLD: Duration = Timers::SHORT.hold;
 pub const KEEPALIVE: Duration = Timers::SHORT.keepalive;
@@ -37,6 +36,7 @@ pub fn bgp_prerequisites() -> bool {
         && require_program("sysctl", "procps")
         && require_program("bird", "bird2")
         && require_program("birdc", "bird2")
+        && require_program("ethtool", "ethtool")
 }
 
 /// The router's address on load balancer `index`'s link (`index` from 0).
@@ -54,6 +54,10 @@ pub fn lb_side(index: usize) -> Ipv4Addr {
 pub struct BgpLab {
     pub router_bird: Bird,
     pub lb_birds: Vec<Bird>,
+    /// Decap programs of the backends and the router's NAPI programs ([`BgpLab::serve`]).
+    pub decaps: Vec<Decap>,
+    /// Backend `i` is [`bgp_backend`]`(i)`, through the router's `rb{i}`.
+    pub backends: Vec<Namespace>,
     pub router: Namespace,
     pub client: Namespace,
     /// Load balancer `i` reaches the router through its `l0` (as in [`super::Topology`]), the
@@ -85,9 +89,7 @@ impl BgpLab {
             lb.ip(&format!("route add default via {}", router_side(index))).unwrap();
         }
         // Hash on ports too: one client's flows spread over the next hops.
-        router
-            .exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.fib_multipath_hash_policy=1"])
-            .unwrap();
+        enable_ecmp(&router).unwrap();
         let neighbors: Vec<(String, IpAddr)> = (0..lbs).map(|index| (format!("lb{index}"), lb_side(index).into())).collect();
         let router_bird = Bird::start(&router, dir, "router", &router_config("10.202.0.1", &neighbors, Timers::SHORT)).unwrap();
         let lb_birds = lb_namespaces
@@ -98,23 +100,12 @@ impl BgpLab {
                 Bird::start(lb, dir, &format!("lb{index}"), &config).unwrap()
             })
             .collect();
-        let lab = Self { router_bird, lb_birds, router, client, lbs: lb_namespaces, dir: scratch };
+        let lab = Self { router_bird, lb_birds, decaps: Vec::new(), backends: Vec::new(), router, client, lbs: lb_namespaces, dir: scratch };
         let up = wait_for(Duration::from_secs(15), || {
             (0..lbs).all(|index| lab.router_bird.established(&format!("lb{index}"))).then_some(())
         });
         assert!(up.is_some(), "BGP sessions not Established within 15 s:\n{}", lab.router_bird.birdc("show protocols").unwrap_or_default());
         lab
-    }
-
-    /// A backend namespace behind the router (`BGP_BACKEND`, through the router's `rb`): what
-    /// the load balancers' daemons probe.
-    pub fn add_backend(&self) -> Namespace {
-        let backend = Namespace::create("bgpbackend").unwrap();
-        veth(&backend, "b0", &self.router, "rb").unwrap();
-        self.router.ip("addr add 10.202.100.1/24 dev rb").unwrap();
-        backend.ip(&format!("addr add {BGP_BACKEND}/24 dev b0")).unwrap();
-        backend.ip("route add default via 10.202.100.1").unwrap();
-        backend
     }
 
     /// Adds the blackhole route the controller would write for `vip` in load balancer `index`.

@@ -17,7 +17,7 @@ use failover_ctl::{
 };
 use netlab::Namespace;
 
-use super::topology::*;
+use super::{topology::*, traffic::UDP_PORT};
 
 /// One backend line of a generated configuration.
 #[derive(Debug, Clone)]
@@ -53,19 +53,11 @@ pub struct ConfigSpec {
 
 impl ConfigSpec {
     pub fn render(&self) -> String {
-        let mut text = format!(
-            "instance = \"{}\"\ninterfaces = [\"l0\"]\nxdp_mode = \"native\"\nmetrics_address = \"127.0.0.1:{}\"\n\n\
-             [next_hop]\nmac = \"{}\"\n\n[tunnel]\nsource_v4 = \"{TUNNEL_SOURCE}\"\n\n[flows]\ncapacity = 4096\n\n\
-             [probe_defaults]\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {RISE}\nfall = {FALL}\njitter = \"10%\"\n\n\
-             [[vip]]\nname = \"{}\"\naddress = \"{VIP}\"\nport = {}\nprotocol = \"tcp\"\ntable_size = 65537\n",
-            self.instance,
-            self.metrics_port,
-            self.next_hop_mac,
-            INTERVAL.as_millis(),
-            TIMEOUT.as_millis(),
-            self.vip_name,
-            self.vip_port,
-        );
+        let mut text = config_head(&self.instance, self.metrics_port, &self.next_hop_mac);
+        text.push_str(&format!(
+            "\n[[vip]]\nname = \"{}\"\naddress = \"{VIP}\"\nport = {}\nprotocol = \"tcp\"\ntable_size = 65537\n",
+            self.vip_name, self.vip_port,
+        ));
         for backend in &self.backends {
             text.push_str(&format!(
                 "\n[[vip.backend]]\naddress = \"{}\"\nweight = {}\ntier = \"{}\"\nprobe = {{ {} }}\n",
@@ -74,6 +66,31 @@ impl ConfigSpec {
         }
         text
     }
+}
+
+/// The top of every generated configuration: instance, the `l0` interface in native XDP mode,
+/// metrics on loopback, the tunnel's next hop and source, and the tests' probe timing.
+pub fn config_head(instance: &str, metrics_port: u16, next_hop_mac: &str) -> String {
+    format!(
+        "instance = \"{instance}\"\ninterfaces = [\"l0\"]\nxdp_mode = \"native\"\nmetrics_address = \"127.0.0.1:{metrics_port}\"\n\n\
+         [next_hop]\nmac = \"{next_hop_mac}\"\n\n[tunnel]\nsource_v4 = \"{TUNNEL_SOURCE}\"\n\n[flows]\ncapacity = 4096\n\n\
+         [probe_defaults]\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {RISE}\nfall = {FALL}\njitter = \"10%\"\n",
+        INTERVAL.as_millis(),
+        TIMEOUT.as_millis(),
+    )
+}
+
+/// The lab's two VIPs on one address, `web` (TCP 80) and `stream` (UDP [`UDP_PORT`]), each over
+/// `backends` with HTTP probes on port 80.
+pub fn web_and_stream_vips(backends: &[Ipv4Addr]) -> String {
+    let mut text = String::new();
+    for (name, port, protocol) in [("web", 80, "tcp"), ("stream", UDP_PORT, "udp")] {
+        text.push_str(&format!("\n[[vip]]\nname = \"{name}\"\naddress = \"{VIP}\"\nport = {port}\nprotocol = \"{protocol}\"\ntable_size = 65537\n"));
+        for address in backends {
+            text.push_str(&format!("\n[[vip.backend]]\naddress = \"{address}\"\nprobe = {{ kind = \"http\", path = \"/\", port = 80 }}\n"));
+        }
+    }
+    text
 }
 
 /// The `failover-ctl run` process of one test, its configuration and runtime files. Dropping it

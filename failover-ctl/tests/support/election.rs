@@ -18,11 +18,11 @@ use failover_ctl::{daemon::status::ElectionStatus, loader::Decap};
 use netlab::{veth, Namespace};
 
 use super::{
-    daemon::Daemon,
+    daemon::{config_head, web_and_stream_vips, Daemon},
     http::HttpServer,
     keepalived::{Keepalived, KeepalivedSpec},
     topology::*,
-    traffic::{Sinks, UDP_PORT},
+    traffic::Sinks,
     wire::{Injector, Observer},
 };
 
@@ -233,19 +233,9 @@ impl GroupSpec {
 /// A node's whole configuration: the lab's TCP and UDP VIPs over the backends, and the group.
 fn render(instance: &str, metrics_port: u16, router_mac: &str, group: &GroupSpec) -> String {
     let quoted = |addresses: &[IpAddr]| addresses.iter().map(|address| format!("\"{address}\"")).collect::<Vec<_>>().join(", ");
-    let mut text = format!(
-        "instance = \"{instance}\"\ninterfaces = [\"l0\"]\nxdp_mode = \"native\"\nmetrics_address = \"127.0.0.1:{metrics_port}\"\n\n\
-         [next_hop]\nmac = \"{router_mac}\"\n\n[tunnel]\nsource_v4 = \"{TUNNEL_SOURCE}\"\n\n[flows]\ncapacity = 4096\n\n\
-         [probe_defaults]\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {RISE}\nfall = {FALL}\njitter = \"10%\"\n",
-        INTERVAL.as_millis(),
-        TIMEOUT.as_millis(),
-    );
-    for (name, port, protocol) in [("web", 80, "tcp"), ("stream", UDP_PORT, "udp")] {
-        text.push_str(&format!("\n[[vip]]\nname = \"{name}\"\naddress = \"{VIP}\"\nport = {port}\nprotocol = \"{protocol}\"\ntable_size = 65537\n"));
-        for index in 0..BACKENDS {
-            text.push_str(&format!("\n[[vip.backend]]\naddress = \"{}\"\nprobe = {{ kind = \"http\", path = \"/\", port = 80 }}\n", backend_address(index)));
-        }
-    }
+    let backends: Vec<Ipv4Addr> = (0..BACKENDS).map(backend_address).collect();
+    let mut text = config_head(instance, metrics_port, router_mac);
+    text.push_str(&web_and_stream_vips(&backends));
     text.push_str(&format!(
         "\n[[election]]\nname = \"edge\"\ninterface = \"l0\"\nvrid = {}\npriority = {}\nadvert_interval = \"{}ms\"\n\
          preempt = {}\npreempt_delay = \"{}ms\"\naddresses = [{}]\nvips = [{}]\nunicast_peers = [{}]\n\

@@ -187,6 +187,12 @@ impl Connection {
         Ok(Self { reader, backend })
     }
 
+    /// The client's port of this connection: with the VIP's port, what the router's ECMP hash
+    /// and the load balancers' flow tables key it by.
+    pub fn local_port(&self) -> u16 {
+        self.reader.get_ref().local_addr().unwrap().port()
+    }
+
     /// One more request on the same connection; the answer must come from the same backend.
     pub fn request(&mut self) -> Result<(), String> {
         let body = get(&mut self.reader)?;

@@ -4,7 +4,7 @@
 //! it, tears its pins down and deletes the namespaces, also when a test panics. The election
 //! tests add a segment lab (two nodes, router, observer), keepalived, the wire's record and
 //! counted traffic (election, keepalived, wire, traffic, scenario), and the scale-out lab of
-//! BIRD routers announcing VIPs over BGP (bgp).
+//! BIRD routers announcing VIPs over BGP (bgp) with real traffic through them (scale_out).
 //!
 //! Addresses only have to be unique inside one lab: every lab has its own namespaces.
 
@@ -19,6 +19,7 @@ mod election;
 mod http;
 mod keepalived;
 mod lab;
+mod scale_out;
 mod scenario;
 mod topology;
 mod traffic;
@@ -31,6 +32,6 @@ mod wire;
     reason = "each test binary uses a different part of the support module"
 )]
 pub use {
-    bgp::*, daemon::*, election::*, http::*, keepalived::*, lab::*, scenario::*, topology::*, traffic::*,
+    bgp::*, daemon::*, election::*, http::*, keepalived::*, lab::*, scale_out::*, scenario::*, topology::*, traffic::*,
     wire::*,
 };

@@ -229,6 +229,8 @@ pub struct ConnectionRecord {
 /// Keep-alive connections (each on its own thread) and a thread of new short connections, all
 /// at [`REQUEST_PERIOD`], until finished.
 pub struct Load {
+    /// The client port of every keep-alive connection, in order.
+    pub ports: Vec<u16>,
     stop: Arc<AtomicBool>,
     keepalive: Vec<JoinHandle<ConnectionRecord>>,
     short: Option<JoinHandle<(u64, Vec<String>)>>,
@@ -238,6 +240,7 @@ impl Load {
     /// Opens `per_backend` keep-alive connections to each of `backends` (by name), then starts.
     pub fn start(client: &Namespace, port: u16, backends: &[&str], per_backend: usize) -> Self {
         let connections = connections_to(client, port, backends, per_backend);
+        let ports = connections.iter().map(Connection::local_port).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let keepalive = connections
             .into_iter()
@@ -280,7 +283,7 @@ impl Load {
                 (ok, failed)
             })
         };
-        Self { stop, keepalive, short: Some(short) }
+        Self { ports, stop, keepalive, short: Some(short) }
     }
 
     pub fn finish(mut self) -> LoadResult {
