@@ -14,7 +14,9 @@ use support::*;
 
 const TABLE: u32 = 100;
 const PROTOCOL: u8 = 201;
-const GRACE: Duration = Duration::from_millis(300);
+/// Longer than the default rejoin delay ((rise + 1) x (interval + jitter) = 330 ms): a drain
+/// this long ends with an undrain that announces at once.
+const GRACE: Duration = Duration::from_millis(500);
 
 /// Whether `namespace` has the VIP's route in the announce table, with our protocol number.
 fn announced(namespace: &Namespace) -> bool {
@@ -67,6 +69,14 @@ fn the_route_follows_the_backends_the_daemon_and_the_operator() {
     let lb = &topology.lb;
     let took = wait_route(lb, true, Duration::from_secs(10));
     eprintln!("announced {took:?} after the daemon answered");
+    // Not at the first backend up: after the rejoin delay, when every backend has risen.
+    let events = daemon.events();
+    let first_up = events.iter().filter(|event| event.kind == "failover").map(|event| event.at).min().expect("a backend came up");
+    let announced_at = events.iter().find(|event| event.kind == "announce").expect("an announce event").at;
+    let rejoin_delay = (INTERVAL + INTERVAL / 10) * (RISE + 1);
+    eprintln!("first backend up -> announced: {} ms (rejoin delay {rejoin_delay:?})", announced_at - first_up);
+    assert!(announced_at - first_up >= rejoin_delay.as_millis() as u64, "announced before the rejoin delay: {events:?}");
+    assert!(events.iter().filter(|event| event.kind == "failover").all(|event| event.at <= announced_at), "a backend rose after the announce: {events:?}");
 
     // The last backend fails: withdrawn in the step that publishes the table.
     let killed = Instant::now();

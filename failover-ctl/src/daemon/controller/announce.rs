@@ -36,8 +36,8 @@ pub(super) struct Announced {
     /// Withdrawn for a stop for good (SIGUSR1); never saved, unlike `node_drained`.
     pub(super) stopping: bool,
     pub(super) withdrawals: u64,
-    /// Addresses announceable but not announced: since when (the rejoin delay runs).
-    pub(super) announceable_since: BTreeMap<IpAddr, u64>,
+    /// Addresses the node could serve but does not announce: since when (the rejoin delay).
+    pub(super) serviceable_since: BTreeMap<IpAddr, u64>,
 }
 
 impl Announced {
@@ -63,15 +63,19 @@ impl Controller {
         let elections = self.election_status();
         let now = now_millis();
         let mut wanted: BTreeMap<IpAddr, bool> = BTreeMap::new();
+        let mut serviceable_addresses: BTreeMap<IpAddr, bool> = BTreeMap::new();
         let mut decisions = Vec::new();
         for vip in &self.vips {
             let owned = match self.config.election_of(&vip.config.name) {
                 Some(election) => elections.iter().any(|status| status.name == election.name && status.owned),
                 None => vip.config.owned,
             };
-            let reason = decide(vip.config.announce, owned, vip.config.all_down, &members(vip, &self.backends), self.announced.node());
+            let members = members(vip, &self.backends);
+            let reason = decide(vip.config.announce, owned, vip.config.all_down, &members, self.announced.node());
             // Several services can share an address: its route stands while any is announced.
             *wanted.entry(vip.config.address).or_default() |= reason == Reason::Announced;
+            let serviceable = decide(vip.config.announce, owned, vip.config.all_down, &members, Node::Serving) == Reason::Announced;
+            *serviceable_addresses.entry(vip.config.address).or_default() |= serviceable;
             decisions.push((vip.config.name.clone(), vip.config.address, reason));
         }
         let present = match &self.announced.routes {
@@ -84,19 +88,20 @@ impl Controller {
                 }
             },
         };
-        // An address to announce anew waits until it has been announceable for the rejoin
-        // delay: the node's backends finish rising, so it joins the router's set with the
-        // table every other node has.
+        // An address to announce anew waits until the node could have served it for the
+        // rejoin delay (whether drained or not): its backends finish rising, so it joins the
+        // router's set with the table every other node has. An undrain after the delay, or a
+        // restart that finds its route, announces at once.
         let delay = self.config.rejoin_delay().as_millis() as u64;
         let mut held = BTreeSet::new();
-        for (address, want) in &wanted {
-            if *want && !present.contains(address) {
-                let since = *self.announced.announceable_since.entry(*address).or_insert(now);
+        for (address, serviceable) in &serviceable_addresses {
+            if *serviceable && !present.contains(address) {
+                let since = *self.announced.serviceable_since.entry(*address).or_insert(now);
                 if now.saturating_sub(since) < delay {
                     held.insert(*address);
                 }
             } else {
-                self.announced.announceable_since.remove(address);
+                self.announced.serviceable_since.remove(address);
             }
         }
         for (name, address, reason) in decisions {
