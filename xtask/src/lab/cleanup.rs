@@ -13,10 +13,10 @@ use anyhow::{Context as _, Result};
 
 use super::{
     control::{
-        instance_name, lb_instance, output_with_timeout, run_dir, run_of, Programs, BPF_ROOT,
-        COMMAND_TIMEOUT, LAB_ROOT, RUN_ROOT,
+        instance_name, output_with_timeout, run_dir, run_of, Programs, BPF_ROOT, COMMAND_TIMEOUT,
+        LAB_ROOT, RUN_ROOT,
     },
-    topology::{self, LBS},
+    topology,
 };
 
 /// Whether process `pid` is a live lab (an xtask process); a pid reused by something else counts
@@ -71,6 +71,31 @@ pub fn cleanup_runs(programs: Option<&Programs>, include_kept: bool) -> Result<V
     Ok(removed)
 }
 
+/// The daemon instances run `pid` left (pins or runtime files), each with the namespace of its
+/// load balancer: `lab-<pid>-lb3` ran in `folab-lb3-<pid>`, and `lab-<pid>` (labs from before
+/// the election) in none. Found on disk, so that every lab's load balancers are covered
+/// (two in the election lab, up to three in the scale-out lab).
+fn instances_of(pid: u32) -> Vec<(String, Option<String>)> {
+    let run = instance_name(pid);
+    let mut instances: Vec<(String, Option<String>)> = [BPF_ROOT, RUN_ROOT]
+        .iter()
+        .filter_map(|root| fs::read_dir(root).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| run_of(name) == Some(pid))
+        .map(|name| {
+            let lb = name
+                .strip_prefix(&run)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .map(|role| topology::namespace_name(role, pid));
+            (name, lb)
+        })
+        .collect();
+    instances.sort();
+    instances.dedup();
+    instances
+}
+
 /// Removes everything of run `pid`: processes in its namespaces, the daemons' pinned data planes
 /// and runtime files, the namespaces, the lab directory.
 pub fn cleanup_run(programs: Option<&Programs>, pid: u32) -> Result<()> {
@@ -100,14 +125,7 @@ pub fn cleanup_run(programs: Option<&Programs>, pid: u32) -> Result<()> {
             .iter()
             .any(|name| name == "teardown")
     });
-    // The load balancers' instances, and the single one of labs from before the election.
-    let instances = (0..LBS)
-        .map(|index| {
-            let lb = topology::namespace_name(&topology::lb_name(index), pid);
-            (lb_instance(pid, index), Some(lb))
-        })
-        .chain([(instance_name(pid), None)]);
-    for (instance, lb) in instances {
+    for (instance, lb) in instances_of(pid) {
         let paths = [BPF_ROOT, RUN_ROOT].map(|root| Path::new(root).join(&instance));
         if !paths.iter().any(|path| path.exists()) {
             continue;
