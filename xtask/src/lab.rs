@@ -6,6 +6,9 @@
 //! share once a second and, per fault, how fast the daemons reacted, how long the group was
 //! without a master on the wire, and what the clients saw.
 //!
+//! `--scale-out` runs the other demonstration instead: several active load balancers announcing
+//! the VIP over BGP (BIRD) to an ECMP router (see `scale_out`).
+//!
 //! Cleans up on exit, on error and on Ctrl-C, and at start removes what crashed runs left.
 //! `--keep` leaves the lab running for the CLI; `--cleanup` removes kept labs; `--json` prints
 //! the summary as JSON lines. Fails when a check of what it demonstrates does not hold (see
@@ -16,6 +19,7 @@ mod config;
 mod control;
 mod election;
 mod faults;
+mod scale_out;
 mod summary;
 mod topology;
 mod traffic;
@@ -60,14 +64,21 @@ pub struct Arguments {
     /// Short requests per second, over all workers.
     #[arg(long, default_value_t = 150)]
     rate: u32,
-    /// Long-lived keep-alive connections, one request every 100 ms each.
-    #[arg(long, default_value_t = 12)]
-    connections: usize,
+    /// Long-lived keep-alive connections, one request every 100 ms each (every 50 ms with
+    /// --scale-out) [default: 12, 24 with --scale-out].
+    #[arg(long)]
+    connections: Option<usize>,
     /// Print the summary as JSON lines, one object per fault (`fault`, `detection_ms`,
-    /// `takeover_ms` where the master changed, `ok`, `failed`, `broken`) on standard output;
-    /// everything else goes to standard error.
+    /// `takeover_ms` where the master changed, `ok`, `failed`, `broken`; with --scale-out, one
+    /// per phase) on standard output; everything else goes to standard error.
     #[arg(long)]
     json: bool,
+    /// The scale-out demonstration: load balancers announce the VIP over BGP (BIRD) to a router
+    /// that spreads flows over them by ECMP; backends unreachable from one node, kill -9 of a
+    /// daemon, drain-node, a node added and one removed, with the router's next hops and the
+    /// connections watched throughout.
+    #[arg(long, conflicts_with = "without_daemon")]
+    scale_out: bool,
     /// Use the release binaries already built (skip `cargo build`).
     #[arg(long, hide = true)]
     no_build: bool,
@@ -112,6 +123,9 @@ pub fn run(arguments: Arguments) -> Result<()> {
     netlab::cleanup_stale().context("removing namespaces of crashed runs")?;
     for instance in cleanup::cleanup_runs(Some(&programs), false)? {
         eprintln!("lab: removed {instance}, left by a run that died");
+    }
+    if arguments.scale_out {
+        return scale_out::run(&programs, &arguments);
     }
 
     let pid = std::process::id();
@@ -364,7 +378,8 @@ fn show(lab: &mut Lab, arguments: &Arguments) -> Result<()> {
     let settings = Settings {
         workers: arguments.workers.max(1),
         rate: arguments.rate.max(1),
-        connections: arguments.connections,
+        connections: arguments.connections.unwrap_or(12),
+        long_period: Duration::from_millis(100),
         // Far beyond the show's length: a bound, not a schedule.
         limit: Duration::from_secs(600) + phase * 20,
     };

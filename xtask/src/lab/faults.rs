@@ -122,7 +122,7 @@ pub fn run(stage: &mut Stage) -> Result<Vec<Row>> {
 
 /// Waits until the traffic has been free of failures for `QUIET` (or `QUIET_TIMEOUT` passed:
 /// then the window may count some of the last one's, and says so).
-fn quiet(stats: &Stats) -> Result<()> {
+pub(super) fn quiet(stats: &Stats) -> Result<()> {
     let end = Instant::now() + QUIET_TIMEOUT;
     loop {
         let since = stats
@@ -346,7 +346,7 @@ fn finish(stage: &Stage, before: Snapshot, row: &mut Row) {
 }
 
 /// Polls `events --json` for the first event from `since` (ms) on that `wanted` accepts.
-fn wait_event(
+pub(super) fn wait_event(
     daemon: &mut Daemon,
     since: u64,
     wanted: impl Fn(&Event) -> bool,

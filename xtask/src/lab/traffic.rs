@@ -5,8 +5,12 @@
 //! Every loop ends on the stop flag or at a deadline, and every socket has timeouts.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -16,8 +20,6 @@ use super::topology::{backend_name, BACKENDS, PORT, VIP};
 
 /// Connect, read and write timeout of every request.
 const TIMEOUT: Duration = Duration::from_millis(1000);
-/// A long-lived connection sends a request this often.
-const LONG_PERIOD: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
@@ -27,6 +29,8 @@ pub struct Settings {
     pub rate: u32,
     /// Long-lived keep-alive connections.
     pub connections: usize,
+    /// A long-lived connection sends a request this often.
+    pub long_period: Duration,
     /// The traffic stops by itself after this long, whatever happens.
     pub limit: Duration,
 }
@@ -50,6 +54,9 @@ pub struct Stats {
     established_on: [AtomicU64; BACKENDS],
     /// When the last request failed or connection broke (ms since the Unix epoch; 0: never).
     last_trouble: AtomicU64,
+    /// The client port of each long-lived connection established now, by connection: what the
+    /// scale-out lab asks the router's ECMP about.
+    long_ports: Mutex<BTreeMap<usize, u16>>,
 }
 
 /// A copy of the counters at one moment; differences of two give a window.
@@ -75,6 +82,23 @@ impl Stats {
     /// When a request last failed or a connection last broke (ms since the Unix epoch), if ever.
     pub fn last_trouble(&self) -> Option<u64> {
         Some(self.last_trouble.load(Ordering::Relaxed)).filter(|&at| at != 0)
+    }
+
+    /// The client ports of the long-lived connections established now.
+    pub fn long_ports(&self) -> Vec<u16> {
+        self.long_ports
+            .lock()
+            .map(|ports| ports.values().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn set_long_port(&self, connection: usize, port: Option<u16>) {
+        if let Ok(mut ports) = self.long_ports.lock() {
+            match port {
+                Some(port) => ports.insert(connection, port),
+                None => ports.remove(&connection),
+            };
+        }
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -167,8 +191,11 @@ pub fn run(
                 client.enter(|| short_requests(stats, stop, deadline, period, offset))
             }));
         }
-        for _ in 0..settings.connections {
-            threads.push(scope.spawn(|| client.enter(|| long_connection(stats, stop, deadline))));
+        for connection in 0..settings.connections {
+            let period = settings.long_period;
+            threads.push(scope.spawn(move || {
+                client.enter(|| long_connection(connection, period, stats, stop, deadline))
+            }));
         }
         for thread in threads {
             thread
@@ -225,8 +252,15 @@ fn short_requests(
     }
 }
 
-/// One keep-alive connection asking every 100 ms; a broken one is counted and replaced.
-fn long_connection(stats: &Stats, stop: &AtomicBool, deadline: Instant) {
+/// Keep-alive connection number `connection`, asking every `period`; a broken one is counted
+/// and replaced.
+fn long_connection(
+    connection: usize,
+    period: Duration,
+    stats: &Stats,
+    stop: &AtomicBool,
+    deadline: Instant,
+) {
     while running(stop, deadline) {
         let mut next = Instant::now();
         let connected = Client::connect(vip(), TIMEOUT).and_then(|mut client| {
@@ -237,20 +271,26 @@ fn long_connection(stats: &Stats, stop: &AtomicBool, deadline: Instant) {
             Ok(connected) => connected,
             Err(_) => {
                 stats.long_connect_failed.fetch_add(1, Ordering::Relaxed);
-                sleep_until(next + LONG_PERIOD, stop, deadline);
+                sleep_until(next + period, stop, deadline);
                 continue;
             }
         };
         let Some(backend) = backend_of(&first.body) else {
             stats.long_connect_failed.fetch_add(1, Ordering::Relaxed);
-            sleep_until(next + LONG_PERIOD, stop, deadline);
+            sleep_until(next + period, stop, deadline);
             continue;
         };
+        let port = client
+            .stream()
+            .local_addr()
+            .ok()
+            .map(|address| address.port());
+        stats.set_long_port(connection, port);
         stats.long_answered.fetch_add(1, Ordering::Relaxed);
         stats.established.fetch_add(1, Ordering::Relaxed);
         stats.established_on[backend].fetch_add(1, Ordering::Relaxed);
         while running(stop, deadline) {
-            next += LONG_PERIOD;
+            next += period;
             sleep_until(next, stop, deadline);
             if !running(stop, deadline) {
                 break;
@@ -267,9 +307,10 @@ fn long_connection(stats: &Stats, stop: &AtomicBool, deadline: Instant) {
             }
             stats.long_answered.fetch_add(1, Ordering::Relaxed);
         }
+        stats.set_long_port(connection, None);
         stats.established.fetch_sub(1, Ordering::Relaxed);
         stats.established_on[backend].fetch_sub(1, Ordering::Relaxed);
-        sleep_until(Instant::now() + LONG_PERIOD, stop, deadline);
+        sleep_until(Instant::now() + period, stop, deadline);
     }
 }
 
