@@ -521,3 +521,69 @@ fn primes() {
     assert!(!is_prime(65_521 * 65_521));
     assert!(!is_prime(251 * 257));
 }
+
+/// SHA-256 of the table's slots as little-endian u32, the first 16 hex digits.
+fn slots_digest(table: &[u32]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for id in table {
+        hasher.update(id.to_le_bytes());
+    }
+    hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+#[test]
+fn tables_match_the_pinned_digests() {
+    // Digests of the builder as it was before the two-position walk and the word-wise free
+    // list: any speed-up must give these tables bit for bit, at equal and mixed weights, in
+    // both turn orders (rounds; the priority queue of skewed weights) and at both size limits.
+    let weighted: Vec<MaglevBackend> = (0..1000)
+        .map(|number| backend(number, 1 + number % 7))
+        .collect();
+    let skewed: Vec<MaglevBackend> = (0..50)
+        .map(|number| backend(number, if number == 3 { 100_000 } else { 1 + number }))
+        .collect();
+    let cases = [
+        (
+            "100 equal",
+            equal_backends(100),
+            DEFAULT_TABLE_SIZE,
+            "b7ac2d242306c364",
+        ),
+        (
+            "10 equal",
+            equal_backends(10),
+            DEFAULT_TABLE_SIZE,
+            "2983263ede50d23e",
+        ),
+        (
+            "1000 weighted",
+            weighted,
+            DEFAULT_TABLE_SIZE,
+            "c02b9474974f251a",
+        ),
+        ("50 skewed", skewed, DEFAULT_TABLE_SIZE, "91beb751b068857e"),
+        (
+            "20 equal, largest size",
+            equal_backends(20),
+            MAX_TABLE_SIZE,
+            "3d045d3fb25130fc",
+        ),
+        ("7 equal, small", equal_backends(7), 251, "a0cbed8c7b6bc9b6"),
+    ];
+    let (built, pinned): (Vec<_>, Vec<_>) = cases
+        .into_iter()
+        .map(|(name, backends, size, pinned)| {
+            (
+                (name, slots_digest(&build(&backends, size).unwrap())),
+                (name, pinned.to_string()),
+            )
+        })
+        .unzip();
+    assert_eq!(built, pinned);
+}
