@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: times the load balancer's paths against a `return XDP_TX` floor, and two control-plane costs (Maglev build time, CPU of 1000 probes), and prints tables (or JSON lines) with the method behind every number.
+//! `cargo xtask bench`: times the load balancer's paths against a `return XDP_TX` floor (on one CPU and on two at once), optionally against another revision's program in the same run (`--against REV`), counts its JITed instructions (`--jited`), times the control plane (Maglev build, probes' CPU, verdict to published table), and prints tables (or JSON lines) with the method behind every number.
 //!
 //! The harness loads the data plane, so it depends on failover-ctl, whose build script needs
 //! the eBPF toolchain; plain `cargo xtask` must build without it. So the harness sits behind
@@ -9,19 +9,31 @@
 use anyhow::Result;
 
 #[cfg(feature = "bench")]
+mod btf;
+#[cfg(feature = "bench")]
 mod control;
 #[cfg(feature = "bench")]
 mod failover;
 #[cfg(feature = "bench")]
 mod harness;
 #[cfg(feature = "bench")]
+mod jit;
+#[cfg(feature = "bench")]
 mod lab;
 #[cfg(feature = "bench")]
+mod layout;
+#[cfg(feature = "bench")]
 mod measure;
+#[cfg(feature = "bench")]
+mod notes;
 #[cfg(feature = "bench")]
 mod raw;
 #[cfg(feature = "bench")]
 mod report;
+#[cfg(feature = "bench")]
+mod revision;
+#[cfg(feature = "bench")]
+mod rows;
 #[cfg(feature = "bench")]
 mod setup;
 #[cfg(feature = "bench")]
@@ -35,6 +47,16 @@ pub struct Arguments {
     /// Run only these groups (comma-separated or repeated); all of them by default.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Group>,
+    /// Also measure the load balancer of this git revision (anything `git rev-parse` takes:
+    /// HEAD~3, a tag, a hash) in the same run, interleaved with this tree's, and print both
+    /// and their ratio. Its eBPF object is built in a temporary worktree and cached by commit;
+    /// refused when its maps are laid out differently.
+    #[arg(long, value_name = "REV")]
+    pub against: Option<String>,
+    /// Print only the JITed instruction counts of the load balancer, per BPF function (with
+    /// --against, of both programs); no timing.
+    #[arg(long)]
+    pub jited: bool,
 }
 
 /// The benchmark's groups of scenarios, for `--only`.
@@ -69,7 +91,7 @@ impl Group {
 #[cfg(feature = "bench")]
 pub fn run(arguments: Arguments) -> Result<()> {
     let groups = if arguments.only.is_empty() { Group::ALL.to_vec() } else { arguments.only };
-    harness::run(arguments.json, &groups)
+    harness::run(harness::Options { json: arguments.json, groups: &groups, against: arguments.against.as_deref(), jited: arguments.jited })
 }
 
 #[cfg(not(feature = "bench"))]
@@ -77,12 +99,61 @@ pub fn run(arguments: Arguments) -> Result<()> {
     crate::prerequisites::ensure(crate::prerequisites::Task::Bench)?;
     let mut command = crate::command::cargo()?;
     command.args(["run", "--release", "--package", "xtask", "--features", "bench", "--", "bench"]);
+    command.args(forwarded(&arguments));
+    crate::command::run(&mut command)
+}
+
+/// The arguments again, for the run with the feature on.
+#[cfg(not(feature = "bench"))]
+fn forwarded(arguments: &Arguments) -> Vec<String> {
+    let mut words = Vec::new();
     if arguments.json {
-        command.arg("--json");
+        words.push("--json".to_string());
     }
     if !arguments.only.is_empty() {
         let names: Vec<&str> = arguments.only.iter().map(|group| group.name()).collect();
-        command.args(["--only", &names.join(",")]);
+        words.extend(["--only".to_string(), names.join(",")]);
     }
-    crate::command::run(&mut command)
+    if let Some(revision) = &arguments.against {
+        // One word with `=`, so a revision starting with '-' cannot pass for an option.
+        words.push(format!("--against={revision}"));
+    }
+    if arguments.jited {
+        words.push("--jited".to_string());
+    }
+    words
+}
+
+#[cfg(all(test, not(feature = "bench")))]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        arguments: Arguments,
+    }
+
+    fn parse(words: &[&str]) -> Arguments {
+        Command::try_parse_from(std::iter::once("bench").chain(words.iter().copied())).unwrap().arguments
+    }
+
+    #[test]
+    fn every_argument_reaches_the_run_with_the_feature() {
+        let arguments = parse(&["--json", "--only", "dataplane", "--against", "HEAD~3", "--jited"]);
+        let words = forwarded(&arguments);
+        assert_eq!(words, ["--json", "--only", "dataplane", "--against=HEAD~3", "--jited"]);
+        let again = parse(&words.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(again.against.as_deref(), Some("HEAD~3"));
+        assert!(again.jited && again.json);
+        assert_eq!(again.only, [Group::Dataplane]);
+    }
+
+    #[test]
+    fn against_needs_a_revision() {
+        assert!(Command::try_parse_from(["bench", "--against"]).is_err());
+        assert!(forwarded(&parse(&[])).is_empty());
+    }
 }

@@ -34,7 +34,17 @@ impl Lab {
                 .exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])
                 .with_context(|| format!("disabling IPv6 in {}", namespace.name()))?;
         }
-        netlab::veth(&lb, LB_INTERFACE, &peer, PEER_INTERFACE).context("creating the veth pair")?;
+        // One queue per CPU on each end: a frame sent with XDP_TX on CPU n goes to the peer's
+        // queue n (the veth picks the queue by CPU), so frames sent on two CPUs at once do not
+        // meet on one queue's ring and its lock, which would cap the two-CPU rows.
+        let queues = std::thread::available_parallelism().map_or(1, |count| count.get());
+        lb.ip(&format!(
+            "link add {LB_INTERFACE} numtxqueues {queues} numrxqueues {queues} type veth peer name {PEER_INTERFACE} numtxqueues {queues} numrxqueues {queues}"
+        ))
+        .context("creating the veth pair")?;
+        lb.ip(&format!("link set {PEER_INTERFACE} netns {}", peer.name()))?;
+        lb.ip(&format!("link set {LB_INTERFACE} up"))?;
+        peer.ip(&format!("link set {PEER_INTERFACE} up"))?;
         Ok(Self {
             peer_link: None,
             counter: raw::create_counter()?,
@@ -60,13 +70,14 @@ impl Lab {
         Ok(())
     }
 
-    /// Frames the peer has received since the lab was made.
+    /// Frames the peer has received since the lab was made, on every CPU.
     pub fn frames_received(&self) -> Result<u64> {
         raw::read_counter(self.counter.as_fd())
     }
 
     /// Runs `f` on a thread inside the load balancer's namespace, where `lb_ifindex` means
     /// `lb0` (the kernel resolves a test run's ingress ifindex in the caller's namespace).
+    /// Several threads may each call it at once.
     pub fn in_lb<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         self.lb.enter(f)
     }

@@ -14,9 +14,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use crate::bpf_abi::{Instruction, ProgramLoad, BPF_PROG_TYPE_XDP};
-use failover_ctl::sys::{
-    self, BPF_LINK_CREATE, BPF_MAP_TYPE_ARRAY, BPF_PROG_LOAD, BPF_PROG_TEST_RUN,
-};
+use failover_ctl::sys::{self, BPF_LINK_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_PROG_LOAD, BPF_PROG_TEST_RUN};
 
 // Commands, types and flags from include/uapi/linux/bpf.h and if_link.h.
 const BPF_XDP: u32 = 37;
@@ -24,6 +22,8 @@ const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 const BPF_PSEUDO_MAP_FD: u8 = 1;
 const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
+const BPF_FUNC_GET_SMP_PROCESSOR_ID: i32 = 8;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -45,9 +45,12 @@ mod op {
     pub const MOV64_IMM: u8 = 0xb7;
     pub const MOV64_REG: u8 = 0xbf;
     pub const ADD64_IMM: u8 = 0x07;
+    pub const ADD64_REG: u8 = 0x0f;
+    pub const LSH64_IMM: u8 = 0x67;
     pub const LOAD_W: u8 = 0x61;
     pub const STORE_IMM_W: u8 = 0x62;
     pub const STORE_W: u8 = 0x63;
+    pub const STORE_B: u8 = 0x73;
     pub const STORE_DW: u8 = 0x7b;
     pub const ATOMIC_DW: u8 = 0xdb;
     pub const LOAD_IMM64: u8 = 0x18;
@@ -144,13 +147,39 @@ pub struct Restore<'a> {
     /// How many bytes the program under test pushed in front of the original frame (0, 20 or
     /// 40): the original frame starts that far into what the peer receives.
     pub pushed: u16,
-    /// Where to write a fresh 32-bit number (the frame counter) into the restored frame, so that
-    /// every frame is a new flow; `None` restores the frame exactly.
-    pub vary_at: Option<u16>,
+    /// What the peer changes in the restored frame.
+    pub vary: Vary,
 }
 
-/// The veth peer's program: counts the frame in `counter` (array map, one u64), writes the
-/// original frame's first bytes back at the original position, and drops the frame.
+/// How the peer makes the restored frames differ, so that the program under test sees many
+/// flows from one `data_in`. Frames are restored on the CPU that sent them (each CPU transmits
+/// to a veth queue of its own, whose NAPI runs on that CPU), so the CPU number keeps the flows
+/// of two CPUs apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vary {
+    /// The frame exactly as it was.
+    Nothing,
+    /// A fresh 32-bit number at this offset: the CPU's frame count plus the CPU number times
+    /// 2^28, so every frame is a new flow, on any of 16 CPUs, for 2^28 frames per CPU.
+    Number { at: u16 },
+    /// The byte at this offset set to `base` + the CPU number: one flow per CPU.
+    PerCpu { at: u16, base: u8 },
+}
+
+impl Vary {
+    /// The offset and width of what is written, if anything.
+    fn written(self) -> Option<(u16, usize)> {
+        match self {
+            Vary::Nothing => None,
+            Vary::Number { at } => Some((at, 4)),
+            Vary::PerCpu { at, .. } => Some((at, 1)),
+        }
+    }
+}
+
+/// The veth peer's program: counts the frame in `counter` (per-CPU array, one u64: two CPUs
+/// never share the line), writes the original frame's first bytes back at the original
+/// position (and what `vary` asks for), and drops the frame.
 ///
 /// Why: in live-frames mode the kernel recycles a page without copying `data_in` into it again
 /// (Documentation/bpf/bpf_prog_run.rst: only the data pointers are reset), so a program that
@@ -165,7 +194,7 @@ pub fn load_restore(restore: &Restore<'_>, counter: BorrowedFd<'_>) -> Result<Ow
     let pushed = i32::from(restore.pushed);
     let mut program = Assembler::default();
     program.emit(op::MOV64_REG, R6, R1, 0, 0);
-    // counter[0] += 1, keeping the old value in R7.
+    // This CPU's counter[0] += 1, keeping the old value in R7.
     program.load_imm64(R1, BPF_PSEUDO_MAP_FD, counter.as_raw_fd() as u32 as u64);
     program.emit(op::STORE_IMM_W, R10, 0, -4, 0);
     program.emit(op::MOV64_REG, R2, R10, 0, 0);
@@ -174,6 +203,20 @@ pub fn load_restore(restore: &Restore<'_>, counter: BorrowedFd<'_>) -> Result<Ow
     program.jump_to_drop(op::JEQ_IMM, R0, 0, 0);
     program.emit(op::MOV64_IMM, R7, 0, 0, 1);
     program.emit(op::ATOMIC_DW, R0, R7, 0, op::FETCH_ADD);
+    // R7 = what `vary` writes (the helper call keeps R6 and R7).
+    match restore.vary {
+        Vary::Nothing => {}
+        Vary::Number { .. } => {
+            program.emit(op::CALL, 0, 0, 0, BPF_FUNC_GET_SMP_PROCESSOR_ID);
+            program.emit(op::LSH64_IMM, R0, 0, 0, 28);
+            program.emit(op::ADD64_REG, R7, R0, 0, 0);
+        }
+        Vary::PerCpu { base, .. } => {
+            program.emit(op::CALL, 0, 0, 0, BPF_FUNC_GET_SMP_PROCESSOR_ID);
+            program.emit(op::MOV64_REG, R7, R0, 0, 0);
+            program.emit(op::ADD64_IMM, R7, 0, 0, i32::from(base));
+        }
+    }
     // R2 = data, R3 = data_end (struct xdp_md); drop unless the whole template fits.
     program.emit(op::LOAD_W, R2, R6, 0, 0);
     program.emit(op::LOAD_W, R3, R6, 4, 0);
@@ -185,22 +228,45 @@ pub fn load_restore(restore: &Restore<'_>, counter: BorrowedFd<'_>) -> Result<Ow
         program.load_imm64(R5, 0, word);
         program.emit(op::STORE_DW, R2, R5, (pushed + 8 * index as i32) as i16, 0);
     }
-    if let Some(at) = restore.vary_at {
-        if usize::from(at) + 4 > length {
-            bail!("the varied word at {at} lies outside the {length}-byte template");
+    if let Some((at, width)) = restore.vary.written() {
+        if usize::from(at) + width > length {
+            bail!("the varied bytes at {at} lie outside the {length}-byte template");
         }
-        program.emit(op::STORE_W, R2, R7, (pushed + i32::from(at)) as i16, 0);
+        let store = if width == 4 { op::STORE_W } else { op::STORE_B };
+        program.emit(store, R2, R7, (pushed + i32::from(at)) as i16, 0);
     }
     load_xdp("bench_restore", &program.finish_with_drop()?)
 }
 
-/// An array map of one u64: the peer's frame counter.
+/// A per-CPU array of one u64: the peer's frame counter.
 pub fn create_counter() -> Result<OwnedFd> {
-    sys::create_map(BPF_MAP_TYPE_ARRAY, 8, 1, None).context("creating the frame counter map")
+    sys::create_map(BPF_MAP_TYPE_PERCPU_ARRAY, 8, 1, None).context("creating the frame counter map")
 }
 
+/// The `BPF_MAP_*_ELEM` part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct MapElement {
+    map_fd: u32,
+    _padding: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// The frame counter summed over every possible CPU (a per-CPU lookup fills one u64 each).
 pub fn read_counter(counter: BorrowedFd<'_>) -> Result<u64> {
-    sys::lookup_element(counter, 0).context("reading the frame counter")
+    let cpus = aya::util::nr_cpus().map_err(|(what, error)| anyhow::anyhow!("{what}: {error}"))?;
+    let mut values = vec![0u64; cpus];
+    let key = 0u32;
+    let mut attributes = MapElement {
+        map_fd: counter.as_raw_fd() as u32,
+        key: &key as *const u32 as u64,
+        value: values.as_mut_ptr() as u64,
+        ..MapElement::default()
+    };
+    sys::bpf(BPF_MAP_LOOKUP_ELEM, &mut attributes).context("reading the frame counter")?;
+    Ok(values.iter().sum())
 }
 
 /// The `BPF_LINK_CREATE` prefix of `union bpf_attr`.

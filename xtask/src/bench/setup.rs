@@ -3,20 +3,22 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd, OwnedFd},
 };
 
 use anyhow::{ensure, Context as _, Result};
+use aya::{programs::Xdp, Ebpf, EbpfLoader};
 use etherparse::PacketBuilder;
 use failover_common::{
     hash,
-    maps::{Backend, Config, FlowKey, VipKey, HEALTH_UP, PROTOCOL_TCP, VIP_OWNED},
+    maps::{names, Backend, Config, FlowKey, VipKey, HEALTH_UP, PROTOCOL_TCP, VIP_OWNED},
     stats::REASON_COUNT,
 };
 use failover_ctl::{
     address::to_words,
-    loader::{Dataplane, LoadOptions},
+    loader::{Dataplane, LoadOptions, Loaded, PROGRAM},
     maglev::{self, MaglevBackend, DEFAULT_TABLE_SIZE},
-    maps::VipSettings,
+    maps::{Counters, MapWriter, VipSettings},
 };
 
 pub const BACKENDS_PER_VIP: u32 = 100;
@@ -40,24 +42,71 @@ pub const PUSHED_IPV6: u16 = 40;
 /// it (IPv6): where the peer writes a fresh number to make each frame a new flow.
 pub const SOURCE_WORD_IPV4: u16 = 14 + 12;
 pub const SOURCE_WORD_IPV6: u16 = 14 + 8 + 12;
+/// The last byte of the client's IPv4 source address, where the two-CPU established scenario's
+/// peer writes `PER_CPU_CLIENT_BASE` + the CPU number: client 198.51.100.(20 + CPU), one
+/// tracked flow per CPU.
+pub const SOURCE_LAST_BYTE_IPV4: u16 = 14 + 12 + 3;
+pub const PER_CPU_CLIENT_BASE: u8 = 20;
+
+/// The client of CPU `cpu` in the two-CPU established scenario.
+pub fn per_cpu_client(cpu: usize) -> Ipv4Addr {
+    let [a, b, c, _] = CLIENT4.octets();
+    Ipv4Addr::new(a, b, c, PER_CPU_CLIENT_BASE + cpu as u8)
+}
 /// The client payload: long enough that every frame has at least 56 bytes to restore.
 const PAYLOAD: &[u8] = b"failover benchmark";
 
 /// The load balancer, loaded and configured, and the keys the checks look at.
 pub struct LoadBalancer {
-    pub dataplane: Dataplane,
+    /// Keeps the loaded object alive; the maps were taken out of it into `writer` and
+    /// `counters`.
+    _object: Loaded,
+    /// The program, as a descriptor of our own that any thread may borrow.
+    pub program: OwnedFd,
+    pub writer: MapWriter,
+    pub counters: Counters,
     /// The flows the established scenarios track; kept when new flows are cleared.
     pub established: BTreeSet<FlowKey>,
 }
 
+/// A program's descriptor, duplicated so the object that holds it can be moved.
+fn duplicate(program: &Xdp) -> Result<OwnedFd> {
+    program.fd().context("the load-balancer program's fd")?.as_fd().try_clone_to_owned().context("duplicating the program fd")
+}
+
 impl LoadBalancer {
-    /// Loads the program with the default map sizes and publishes both VIPs.
-    pub fn new(interface_mac: [u8; 6], next_hop_mac: [u8; 6]) -> Result<Self> {
-        let mut dataplane = Dataplane::load(LoadOptions::default()).context("loading the load balancer")?;
-        dataplane.writer.set_config(&config(interface_mac, next_hop_mac)).context("publishing the configuration")?;
-        let mut balancer = Self { dataplane, established: BTreeSet::new() };
-        balancer.publish(IpAddr::V4(VIP4), 1, |n| IpAddr::V4(Ipv4Addr::new(198, 18, 0, n as u8 + 1)))?;
-        balancer.publish(IpAddr::V6(VIP6), 2, |n| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xbe, 0, 0, 0, 0, n as u16 + 1)))?;
+    /// This tree's program, loaded the way the daemon loads it (default map sizes), with
+    /// both VIPs published.
+    pub fn current(interface_mac: [u8; 6], next_hop_mac: [u8; 6]) -> Result<Self> {
+        let dataplane = Dataplane::load(LoadOptions::default()).context("loading the load balancer")?;
+        let program = duplicate(dataplane.program()?)?;
+        let Dataplane { loaded, writer, counters, .. } = dataplane;
+        Self { _object: loaded, program, writer, counters, established: BTreeSet::new() }.configure(interface_mac, next_hop_mac)
+    }
+
+    /// Another revision's object (`--against`), loaded as `Dataplane::load` loads this tree's
+    /// (the same map sizes), its maps written by this tree's writer with the same contents.
+    /// The caller has checked that the maps are laid out alike (`layout::check`).
+    pub fn from_object(object: &[u8], interface_mac: [u8; 6], next_hop_mac: [u8; 6]) -> Result<Self> {
+        let options = LoadOptions::default();
+        let mut ebpf: Ebpf = EbpfLoader::new()
+            .map_max_entries(names::TABLES, options.table_pool_slots)
+            .map_max_entries(names::FLOWS, options.flow_entries)
+            .load(object)
+            .context("loading the other revision's object")?;
+        let xdp: &mut Xdp = ebpf.program_mut(PROGRAM).with_context(|| format!("the object has no program {PROGRAM}"))?.try_into()?;
+        xdp.load().context("the kernel rejected the other revision's program")?;
+        let program = duplicate(xdp)?;
+        let writer = MapWriter::new(&mut ebpf).context("taking the other revision's maps")?;
+        let counters = Counters::new(&mut ebpf).context("taking the other revision's counters")?;
+        Self { _object: Loaded::Object(ebpf), program, writer, counters, established: BTreeSet::new() }.configure(interface_mac, next_hop_mac)
+    }
+
+    /// Publishes the configuration and both VIPs.
+    fn configure(mut self, interface_mac: [u8; 6], next_hop_mac: [u8; 6]) -> Result<Self> {
+        self.writer.set_config(&config(interface_mac, next_hop_mac)).context("publishing the configuration")?;
+        self.publish(IpAddr::V4(VIP4), 1, |n| IpAddr::V4(Ipv4Addr::new(198, 18, 0, n as u8 + 1)))?;
+        self.publish(IpAddr::V6(VIP6), 2, |n| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xbe, 0, 0, 0, 0, n as u16 + 1)))?;
         for (vip, other) in [(IpAddr::V4(VIP4), IpAddr::V4(OTHER4)), (IpAddr::V6(VIP6), IpAddr::V6(OTHER6))] {
             // The non-VIP scenarios measure the address-filter miss, not a VIPS lookup.
             ensure!(
@@ -65,7 +114,7 @@ impl LoadBalancer {
                 "{other} shares an address-filter slot with {vip}; pick another non-VIP address"
             );
         }
-        Ok(balancer)
+        Ok(self)
     }
 
     /// Publishes the TCP service `vip`:80 with backends `backend(0..100)`, ids `vip_id * 1000 + n`.
@@ -76,7 +125,7 @@ impl LoadBalancer {
             let address = backend(n);
             let (words, family) = to_words(address);
             let entry = Backend { address: words, vip_id, family, _padding: [0; 3] };
-            self.dataplane.writer.set_backend(id, entry, HEALTH_UP).with_context(|| format!("writing backend {address}"))?;
+            self.writer.set_backend(id, entry, HEALTH_UP).with_context(|| format!("writing backend {address}"))?;
             let key = match address {
                 IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
                 IpAddr::V6(v6) => v6.octets(),
@@ -86,8 +135,7 @@ impl LoadBalancer {
         let table = maglev::build(&members, DEFAULT_TABLE_SIZE).with_context(|| format!("building the Maglev table of {vip}"))?;
         let (address, family) = to_words(vip);
         let key = VipKey { address, port: VIP_PORT.to_be(), protocol: PROTOCOL_TCP, family };
-        self.dataplane
-            .writer
+        self.writer
             .publish_vip(key, VipSettings { vip_id, flags: VIP_OWNED }, &table)
             .with_context(|| format!("publishing {vip}"))?;
         Ok(())
@@ -95,7 +143,7 @@ impl LoadBalancer {
 
     /// Packets counted under each reason so far, summed over CPUs.
     pub fn reasons(&self) -> Result<Vec<u64>> {
-        let counters = self.dataplane.counters.reasons().context("reading the reason counters")?;
+        let counters = self.counters.reasons().context("reading the reason counters")?;
         ensure!(counters.len() == REASON_COUNT as usize, "expected {REASON_COUNT} reason counters");
         Ok(counters.iter().map(|counter| counter.packets).collect())
     }
@@ -103,7 +151,7 @@ impl LoadBalancer {
     /// Deletes every tracked flow except the established scenarios' ones; returns how many
     /// were deleted and over how many distinct backends they were spread.
     pub fn clear_new_flows(&mut self) -> Result<(usize, usize)> {
-        let flows = self.dataplane.counters.flows().context("listing the flow table")?;
+        let flows = self.counters.flows().context("listing the flow table")?;
         let mut backends = BTreeSet::new();
         let mut deleted = 0;
         for (key, value) in flows {
@@ -111,7 +159,7 @@ impl LoadBalancer {
                 continue;
             }
             backends.insert(value.backend_id);
-            self.dataplane.counters.forget_flow(&key).context("deleting a benchmark flow")?;
+            self.counters.forget_flow(&key).context("deleting a benchmark flow")?;
             deleted += 1;
         }
         Ok((deleted, backends.len()))
