@@ -172,7 +172,9 @@ fn build(worktree: &Path, target_dir: &Path, interrupt: &InterruptGuard) -> Resu
         .arg(target_dir)
         .current_dir(&ebpf)
         .env("CARGO_ENCODED_RUSTFLAGS", RUSTFLAGS.join("\x1f"))
-        .env("RUSTUP_AUTO_INSTALL", "0");
+        .env("RUSTUP_AUTO_INSTALL", "0")
+        // Standard output is the benchmark's (JSON lines with --json): cargo's goes aside.
+        .stdout(std::io::stderr());
     eprintln!("$ (in {}) {}", ebpf.display(), describe(&command));
     let status = command.status().with_context(|| format!("starting `{}`", describe(&command)))?;
     ensure!(!interrupt.interrupted(), "interrupted");
