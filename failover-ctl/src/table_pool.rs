@@ -42,6 +42,8 @@ pub struct TablePool {
     writable: bool,
     /// Free runs, sorted by offset, never adjacent (merged on free).
     free: Vec<Region>,
+    /// Slots stored since the mapping was made: what a publication costs in writes.
+    written: u64,
 }
 
 // SAFETY: the mapping is owned by this value and only written through `&mut self`.
@@ -84,7 +86,7 @@ impl TablePool {
             return Err(PoolError::Map(io::Error::last_os_error()));
         }
         let base = NonNull::new(pointer.cast()).ok_or(PoolError::Map(io::Error::other("null mapping")))?;
-        Ok(Self { base, mapped_len, capacity, writable, free: vec![Region { offset: 0, len: capacity }] })
+        Ok(Self { base, mapped_len, capacity, writable, free: vec![Region { offset: 0, len: capacity }], written: 0 })
     }
 
     /// Checks that `region` lies inside the pool.
@@ -181,9 +183,57 @@ impl TablePool {
             // stores are not elided, they are read by the kernel.
             unsafe { self.slot(region.offset + i as u32).write_volatile(*backend) };
         }
+        self.written += table.len() as u64;
         // The VIPS update that publishes the region is a system call, which orders these stores
         // before it on every architecture Linux supports; the fence documents the intent.
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Writes `id` into each `(slot, id)` of `region` (which no packet may be reading); later
+    /// pairs win over earlier ones at the same slot.
+    pub fn write_slots(&mut self, region: Region, slots: &[(u32, u32)]) {
+        assert!(self.writable, "write through a read-only pool mapping");
+        for &(slot, id) in slots {
+            assert!(slot < region.len, "slot {slot} outside a region of {} slots", region.len);
+            // SAFETY: inside the region, which lies inside the mapping; volatile as in `write`.
+            unsafe { self.slot(region.offset + slot).write_volatile(id) };
+        }
+        self.written += slots.len() as u64;
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Copies region `from` into region `to` of the same length (which no packet may be reading).
+    pub fn copy(&mut self, from: Region, to: Region) {
+        assert!(self.writable, "write through a read-only pool mapping");
+        assert_eq!(from.len, to.len, "regions of a copy must have the same length");
+        for index in 0..from.len {
+            // SAFETY: both regions lie inside the mapping; volatile as in `write` and `read`.
+            unsafe { self.slot(to.offset + index).write_volatile(self.slot(from.offset + index).read_volatile()) };
+        }
+        self.written += u64::from(from.len);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// One slot of `region`.
+    pub fn read_slot(&self, region: Region, slot: u32) -> u32 {
+        assert!(slot < region.len, "slot {slot} outside a region of {} slots", region.len);
+        // SAFETY: inside the region, which lies inside the mapping.
+        unsafe { self.slot(region.offset + slot).read_volatile() }
+    }
+
+    /// The slots where `region` differs from `table`, with `table`'s ids, in slot order.
+    pub fn differences(&self, region: Region, table: &[u32]) -> Vec<(u32, u32)> {
+        assert_eq!(region.len as usize, table.len(), "table length must match its region");
+        (0..region.len)
+            // SAFETY: inside the mapping.
+            .filter(|&index| unsafe { self.slot(region.offset + index).read_volatile() } != table[index as usize])
+            .map(|index| (index, table[index as usize]))
+            .collect()
+    }
+
+    /// Slots stored since the mapping was made (`write`, `write_slots` and `copy`).
+    pub fn written(&self) -> u64 {
+        self.written
     }
 
     /// Reads a region back (inspection, tests). A region outside the pool reads as empty.
@@ -223,6 +273,7 @@ mod tests {
             capacity,
             writable: true,
             free: vec![Region { offset: 0, len: capacity }],
+            written: 0,
         }
     }
 
@@ -275,5 +326,21 @@ mod tests {
         let table = [5, 1, 4, 2, 3, 9, 0];
         pool.write(region, &table);
         assert_eq!(pool.read(region), table);
+    }
+
+    #[test]
+    fn patches_copies_and_differences() {
+        let mut pool = pool(64);
+        let (first, second) = (pool.allocate(7).unwrap(), pool.allocate(7).unwrap());
+        pool.write(first, &[5, 1, 4, 2, 3, 9, 0]);
+        pool.copy(first, second);
+        assert_eq!(pool.read(second), [5, 1, 4, 2, 3, 9, 0]);
+        pool.write_slots(second, &[(1, 8), (6, 7), (1, 6)]);
+        assert_eq!(pool.read(second), [5, 6, 4, 2, 3, 9, 7]);
+        assert_eq!(pool.read_slot(second, 6), 7);
+        assert_eq!(pool.differences(first, &pool.read(second)), [(1, 6), (6, 7)]);
+        assert_eq!(pool.differences(first, &[5, 1, 4, 2, 3, 9, 0]), []);
+        assert_eq!(pool.read(first), [5, 1, 4, 2, 3, 9, 0], "the source of a copy is left alone");
+        assert_eq!(pool.written(), 7 + 7 + 3);
     }
 }

@@ -3,9 +3,10 @@
 //! published, so that every change is validated before the first map is touched.
 
 mod address_entry;
+mod publish;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     net::IpAddr,
     os::fd::AsFd,
     path::PathBuf,
@@ -23,6 +24,7 @@ use failover_common::{
 use thiserror::Error;
 
 use address_entry::AddressState;
+use publish::Standby;
 use crate::{
     grace::GracePeriod,
     paths::InstancePaths,
@@ -66,9 +68,10 @@ pub struct VipSettings {
 struct PublishedVip {
     meta: VipMeta,
     active: Region,
-    /// The previously active region and the grace epoch in which it was retired.
-    standby: Option<(Region, u64)>,
-    members: BTreeSet<u32>,
+    /// The previously active region, while it is not freed.
+    standby: Option<Standby>,
+    /// Slots per backend id in the active table; the keys are the backends it names.
+    counts: BTreeMap<u32, u32>,
 }
 
 /// A backend entry as written, with its last written health.
@@ -248,130 +251,7 @@ impl MapWriter {
     }
 
     fn referenced(&self, id: u32) -> bool {
-        self.published.values().any(|vip| vip.members.contains(&id))
-    }
-
-    /// Publishes `table` (slot -> backend id) for the VIP `key`: the table is written into a
-    /// region no packet reads, then the VIP entry is switched in one update.
-    ///
-    /// The address entry at the VIP's address takes this VIP's ownership group: services at one
-    /// address share a group (the configuration requires it), so they differ only while a
-    /// reload moves the address to another group, one service after the other.
-    pub fn publish_vip(&mut self, key: VipKey, settings: VipSettings, table: &[u32]) -> Result<(), MapWriteError> {
-        let name = describe(&key);
-        let invalid = |why: String| MapWriteError::Vip(name.clone(), why);
-        if key.protocol == PROTOCOL_ADDRESS {
-            return Err(invalid("protocol 0 is reserved for address entries".into()));
-        }
-        if key.family != FAMILY_IPV4 && key.family != FAMILY_IPV6 {
-            return Err(invalid(format!("unknown address family {}", key.family)));
-        }
-        if settings.vip_id >= MAX_VIPS {
-            return Err(invalid(format!("vip id {} is beyond {MAX_VIPS}", settings.vip_id)));
-        }
-        if let Some(other) = self.published.iter().find(|(k, v)| **k != key && v.meta.vip_id == settings.vip_id) {
-            return Err(invalid(format!("vip id {} is already used by {}", settings.vip_id, describe(other.0))));
-        }
-        if table.is_empty() || table.len() > self.pool.capacity() as usize {
-            return Err(invalid(format!("table of {} slots does not fit a pool of {}", table.len(), self.pool.capacity())));
-        }
-        // A bitmap pass finds the distinct ids: inserting all 65537 slots into the set would
-        // cost more than the Maglev build on the failover path.
-        let mut seen = vec![0u64; (MAX_BACKENDS as usize).div_ceil(64)];
-        let mut members = BTreeSet::new();
-        for &id in table {
-            if id >= MAX_BACKENDS {
-                return Err(invalid(format!("backend id {id} is beyond {MAX_BACKENDS}")));
-            }
-            let (word, bit) = ((id / 64) as usize, 1u64 << (id % 64));
-            if seen[word] & bit == 0 {
-                seen[word] |= bit;
-                members.insert(id);
-            }
-        }
-        for id in &members {
-            match self.backend_entries.get(id) {
-                Some(entry) if entry.backend.vip_id == settings.vip_id => {}
-                Some(entry) => {
-                    return Err(invalid(format!(
-                        "backend {id} belongs to vip id {}, not {}",
-                        entry.backend.vip_id, settings.vip_id
-                    )));
-                }
-                None => return Err(invalid(format!("backend {id} was never written"))),
-            }
-        }
-        let len = table.len() as u32;
-        // Pick the region to write: the retired standby if it has the right size and a grace
-        // period has passed since it was retired, else a fresh region. Only a full pool makes
-        // a publish wait for a grace period; otherwise retired regions are reclaimed later
-        // ([`MapWriter::reclaim`]), off the failover path.
-        let previous = self.published.get(&key);
-        let previous_flags = previous.map(|vip| vip.meta.flags);
-        let standby = previous.and_then(|vip| vip.standby).filter(|(region, _)| region.len == len);
-        let mut reuse = standby.filter(|(_, retired)| *retired < self.grace_epoch).map(|(region, _)| region);
-        let target = match reuse {
-            Some(region) => region,
-            None => match self.pool.allocate(len) {
-                Ok(region) => region,
-                Err(_) => {
-                    // Full: one grace period frees every retired region and the standby.
-                    self.wait_grace()?;
-                    self.release_retired();
-                    reuse = standby.map(|(region, _)| region);
-                    match reuse {
-                        Some(region) => region,
-                        None => self.pool.allocate(len)?,
-                    }
-                }
-            },
-        };
-        self.pool.write(target, table);
-        let meta = VipMeta { vip_id: settings.vip_id, flags: settings.flags, table_offset: target.offset, table_size: len };
-        if let Err(source) = self.vips.insert(key, meta, 0) {
-            if reuse.is_none() {
-                self.pool.release(target);
-            }
-            return Err(MapWriteError::Map { name: names::VIPS, source });
-        }
-        // Published. Bring the address entry and filter up to date, then the mirror.
-        self.address_changed(key.family, key.address, previous_flags, Some(settings.flags))?;
-        let epoch = self.grace_epoch;
-        match self.published.remove(&key) {
-            Some(mut vip) => {
-                if let Some((region, retired)) = vip.standby {
-                    if reuse != Some(region) {
-                        self.retired.push((region, retired));
-                    }
-                }
-                vip.standby = Some((vip.active, epoch));
-                vip.active = target;
-                vip.meta = meta;
-                vip.members = members;
-                self.published.insert(key, vip);
-            }
-            None => {
-                self.published.insert(key, PublishedVip { meta, active: target, standby: None, members });
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes a VIP: its entry first, then (after a grace period) its regions.
-    pub fn remove_vip(&mut self, key: VipKey) -> Result<(), MapWriteError> {
-        let Some(vip) = self.published.get(&key) else {
-            return Err(MapWriteError::Vip(describe(&key), "is not published".into()));
-        };
-        let flags = vip.meta.flags;
-        self.vips.remove(&key).map_err(map_error(names::VIPS))?;
-        let Some(vip) = self.published.remove(&key) else { return Ok(()) };
-        self.address_changed(key.family, key.address, Some(flags), None)?;
-        self.wait_grace()?;
-        self.pool.release(vip.active);
-        if let Some((region, _)) = vip.standby {
-            self.pool.release(region);
-        }
-        Ok(())
+        self.published.values().any(|vip| vip.counts.contains_key(&id))
     }
 
     /// Keeps the address entry (owned if any service at the address is, the group of the
@@ -412,38 +292,6 @@ impl MapWriter {
                 self.filter.set(index, 1, 0).map_err(map_error(names::ADDRESS_FILTER))?;
             }
         }
-        Ok(())
-    }
-
-    /// Frees the regions retired before the last grace period.
-    fn release_retired(&mut self) {
-        let epoch = self.grace_epoch;
-        let (free, keep): (Vec<_>, Vec<_>) = self.retired.drain(..).partition(|(_, retired)| *retired < epoch);
-        self.retired = keep;
-        for (region, _) in free {
-            self.pool.release(region);
-        }
-    }
-
-    /// Whether retired regions wait for [`MapWriter::reclaim`].
-    pub fn has_retired(&self) -> bool {
-        !self.retired.is_empty()
-    }
-
-    /// Waits one grace period and returns the regions retired before it to the pool. The
-    /// controller calls it when idle, so that publications do not wait.
-    pub fn reclaim(&mut self) -> Result<(), MapWriteError> {
-        if self.retired.is_empty() {
-            return Ok(());
-        }
-        self.wait_grace()?;
-        self.release_retired();
-        Ok(())
-    }
-
-    fn wait_grace(&mut self) -> Result<(), MapWriteError> {
-        self.grace.wait().map_err(MapWriteError::Grace)?;
-        self.grace_epoch += 1;
         Ok(())
     }
 
@@ -522,10 +370,13 @@ impl MapWriter {
             }
             let region = Region { offset: meta.table_offset, len: meta.table_size };
             self.pool.check(region).map_err(|error| corrupt(format!("VIP {name}: {error}")))?;
-            let members: BTreeSet<u32> = self.pool.read(region).into_iter().collect();
+            let mut counts = BTreeMap::new();
+            for id in self.pool.read(region) {
+                *counts.entry(id).or_default() += 1;
+            }
             regions.push(region);
             self.addresses.entry((key.family, key.address)).or_default().add(meta.flags);
-            self.published.insert(key, PublishedVip { meta, active: region, standby: None, members });
+            self.published.insert(key, PublishedVip { meta, active: region, standby: None, counts });
         }
         self.pool.set_allocated(&regions).map_err(|error| {
             let owner = |region: Region| {
@@ -540,7 +391,7 @@ impl MapWriter {
         })?;
         // Regions are sound; now what they hold.
         for (key, vip) in &self.published {
-            for id in &vip.members {
+            for id in vip.counts.keys() {
                 match self.backend_entries.get(id) {
                     Some(entry) if entry.backend.vip_id == vip.meta.vip_id => {}
                     Some(entry) => {
