@@ -210,6 +210,7 @@ fn events() -> Vec<Event> {
                 to: "down".into(),
                 health_written_us: 85,
                 table_published_us: 1_200,
+                table: "built".into(),
             }),
         },
         Event {

@@ -6,5 +6,6 @@ pub mod controller;
 pub mod elections;
 pub mod events;
 pub mod plan;
+pub mod ready_tables;
 pub mod run;
 pub mod status;

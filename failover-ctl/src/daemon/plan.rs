@@ -204,6 +204,13 @@ pub fn serving(members: &[Member]) -> Vec<u32> {
 /// plane applies the VIP's all-down policy and the first backend to come up serves at once
 /// through its health bit, before the next table is published.
 pub fn table(members: &[Member], size: u32) -> Result<Vec<u32>, MaglevError> {
+    maglev::build(&table_inputs(members), size)
+}
+
+/// What [`table`] builds from: every member in order, with its weight where it serves and 0
+/// elsewhere. The table is a pure function of these and the size, so equal inputs name equal
+/// tables (the ready failover tables are looked up by them).
+pub fn table_inputs(members: &[Member]) -> Vec<MaglevBackend> {
     let serving = serving(members);
     let fallback: Vec<u32> = members.iter().filter(|m| m.admin != Admin::Maintenance).map(|m| m.id).collect();
     let chosen: Vec<u32> = if !serving.is_empty() {
@@ -213,15 +220,14 @@ pub fn table(members: &[Member], size: u32) -> Result<Vec<u32>, MaglevError> {
     } else {
         members.iter().map(|m| m.id).collect()
     };
-    let backends: Vec<MaglevBackend> = members
+    members
         .iter()
         .map(|member| MaglevBackend {
             id: member.id,
             key: maglev_key(member.address),
             weight: if chosen.contains(&member.id) { u32::from(member.weight) } else { 0 },
         })
-        .collect();
-    maglev::build(&backends, size)
+        .collect()
 }
 
 /// The permutation seed of a backend: its address, so its slots stay put across rebuilds.

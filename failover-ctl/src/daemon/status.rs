@@ -191,6 +191,10 @@ pub struct FailoverTimings {
     pub health_written_us: u64,
     /// Verdict received by the state owner -> tables of the affected VIPs published.
     pub table_published_us: u64,
+    /// Where the table came from: "ready" (prepared before the verdict), "built" (on the
+    /// failover path), "unchanged" (the verdict left the table as it was) or "failed".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub table: String,
 }
 
 /// A request on the control socket (one JSON object per line).

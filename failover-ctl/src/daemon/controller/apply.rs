@@ -1,7 +1,7 @@
 //! Applying a configuration: plan the whole state first (a plan that fails changes nothing),
 //! then write backends, publish changed VIPs, remove what is gone, and restart changed probes.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use failover_common::maps::{self as common, VipKey};
 
@@ -9,6 +9,7 @@ use super::state::{members, BackendState, Controller, Links, VipState};
 use crate::{
     address,
     config::{self, Config},
+    maglev,
     daemon::{
         plan::{self, Admin, Ids},
         status::now_millis,
@@ -97,11 +98,14 @@ impl Controller {
                 vip_id,
                 members: ids_of_vip,
                 published_at: previous.map_or(0, |previous| previous.published_at),
-                table: Vec::new(),
+                table: Arc::from([]),
+                inputs: Vec::new(),
                 table_digest: String::new(),
             };
-            state.table = plan::table(&members(&state, &backends), vip.table_size)
-                .map_err(|error| anyhow::anyhow!("VIP {}: {error}", vip.name))?;
+            state.inputs = plan::table_inputs(&members(&state, &backends));
+            state.table = maglev::build(&state.inputs, vip.table_size)
+                .map_err(|error| anyhow::anyhow!("VIP {}: {error}", vip.name))?
+                .into();
             vips.push(state);
         }
         let keep_vips: Vec<VipKey> = vips.iter().map(|vip| vip.key).collect();
@@ -198,6 +202,12 @@ impl Controller {
             }
         }
         self.config = config;
+        // The tables one verdict away from each VIP's (those already prepared for an unchanged
+        // table are kept).
+        self.ready.retain(&keys);
+        for vip in &self.vips {
+            self.ready.published(vip.key, vip.table.clone(), &vip.inputs, &members(vip, &self.backends), None);
+        }
         // Probes: stop those of removed backends, (re)start new or changed ones.
         let stale: Vec<u32> = self.probes.keys().copied().filter(|id| !self.backends.contains_key(id)).collect();
         for id in stale {

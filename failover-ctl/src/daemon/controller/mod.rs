@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     events::EventLog,
     plan::{Admin, Ids},
+    ready_tables::ReadyTables,
     status::{now_millis, Event, FailoverStats, Request, Response, Status, LATENCY_BUCKETS_US},
 };
 use crate::{
@@ -184,6 +185,7 @@ impl Controller {
             election_sent: Default::default(),
             announcing,
             announced: Default::default(),
+            ready: ReadyTables::start(),
         };
         // A drained node stays drained across a restart.
         controller.announced.node_drained = previous.as_ref().is_some_and(|status| status.node_drained);
@@ -201,7 +203,8 @@ impl Controller {
                         vip_id: meta.vip_id,
                         members: controller.backends_of(meta.vip_id),
                         published_at: 0,
-                        table,
+                        table: table.into(),
+                        inputs: Vec::new(),
                         table_digest: String::new(),
                     })
                 })

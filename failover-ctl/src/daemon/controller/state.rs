@@ -17,9 +17,11 @@ use crate::{
     daemon::{
         events::EventLog,
         plan::{self, Admin, Ids, Member},
+        ready_tables::ReadyTables,
         status::{FailoverStats, InterfaceStatus, ProbeStatus, Status},
     },
     loader::Dataplane,
+    maglev::MaglevBackend,
     probe::ProbeEvent,
 };
 
@@ -65,8 +67,12 @@ pub(super) struct VipState {
     /// Backend ids in file order.
     pub(super) members: Vec<u32>,
     pub(super) published_at: u64,
-    /// The table last published, to skip identical publications.
-    pub(super) table: Vec<u32>,
+    /// The table last published, to skip identical publications; shared with the worker that
+    /// prepares the tables one verdict away from it.
+    pub(super) table: Arc<[u32]>,
+    /// What `table` was built from (`plan::table_inputs`), the key of its ready tables; empty
+    /// for an adopted table until the first publication.
+    pub(super) inputs: Vec<MaglevBackend>,
     /// `maglev::table_digest` of `table`; empty until the status computes it (cleared when the
     /// table changes, so the digest costs nothing on the failover path).
     pub(super) table_digest: String,
@@ -104,6 +110,8 @@ pub struct Controller {
     pub(super) election_sent: super::elections::Sent,
     pub(super) announcing: Option<super::Announcing>,
     pub(super) announced: super::announce::Announced,
+    /// The tables one verdict away from each published one, prepared off this thread.
+    pub(super) ready: ReadyTables,
 }
 
 
