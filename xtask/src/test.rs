@@ -1,4 +1,4 @@
-//! `cargo xtask test`: the project's test command — installs what is missing, runs `cargo test --workspace`, and ends with how many tests skipped for want of root.
+//! `cargo xtask test`: the project's test command — installs what is missing, runs `cargo test --workspace` (xtask with its `bench` feature), and ends with how many tests skipped for want of root.
 //!
 //! Tests that need root skip without it (outside CI) through `netlab::prerequisite`, which
 //! appends one line per skip to the file named by `FAILOVER_TEST_SKIP_LOG`; this task points it
@@ -34,7 +34,10 @@ pub fn run(arguments: Arguments) -> Result<()> {
     fs::write(&log, b"").with_context(|| format!("creating {}", log.display()))?;
     let result = command::run(
         command::cargo()?
-            .args(["test", "--workspace"])
+            // With the benchmark's feature, so its pure logic (BTF layouts, map comparison,
+            // ratios and scaling, worktree cleanup) is tested too; the toolchain it needs is
+            // installed by then.
+            .args(["test", "--workspace", "--features", "xtask/bench"])
             .args(&arguments.cargo_arguments)
             .env(SKIP_LOG, &log),
     );
