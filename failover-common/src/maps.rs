@@ -152,7 +152,7 @@ pub const HEALTH_UP: u32 = 1;
 /// Draining: no new flows; tracked flows continue.
 pub const HEALTH_DRAINING: u32 = 2;
 
-/// Key of `FLOWS`: the 5-tuple in the client-to-VIP direction.
+/// A flow's key in `FLOWS`: the 5-tuple in the client-to-VIP direction.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct FlowKey {
@@ -170,7 +170,7 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
-/// Value of `FLOWS`.
+/// What `FLOWS` keeps of a flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowValue {
@@ -181,6 +181,68 @@ pub struct FlowValue {
     pub last_seen_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+
+/// Ways of a `FLOWS` bucket: a flow can sit in any of the ways of the bucket its hash names.
+pub const FLOW_WAYS: usize = 4;
+
+/// One way of a `FLOWS` bucket: a cache line holding the whole key, so a lookup never trusts a
+/// hash alone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowEntry {
+    pub key: FlowKey,
+    pub value: FlowValue,
+    pub _padding: u64,
+}
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 64);
+
+/// Value of `FLOWS`, an array of buckets (a set-associative flow cache shared by every CPU).
+/// The first cache line says which ways hold which flow and how recently each was seen, so a
+/// lookup reads it and at most the one entry whose tag matches.
+///
+/// Writes follow one order, which readers on other CPUs see in program order (x86 stores are
+/// not reordered with stores): the way's tag is cleared, the entry written, its `seen` set, and
+/// the tag written last. A reader that matched the old tag and then reads a half-written entry
+/// fails the key comparison and treats the packet as untracked.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowBucket {
+    /// Per way: [`flow_tag`] of the flow's hash, 0 = empty.
+    pub tags: [u32; FLOW_WAYS],
+    /// Per way: when the flow was last seen, in units of `1 << FLOW_SEEN_SHIFT` ns of the coarse
+    /// clock, wrapping (refreshed at most once per `FLOW_REFRESH_NS`). What replacement reads.
+    pub seen: [u32; FLOW_WAYS],
+    pub _padding: [u64; 4],
+    pub entries: [FlowEntry; FLOW_WAYS],
+}
+const _: () = assert!(core::mem::size_of::<FlowBucket>() == 64 * (1 + FLOW_WAYS));
+
+/// `FlowBucket::seen` units: 2^20 ns, about a millisecond; a u32 wraps after 52 days.
+pub const FLOW_SEEN_SHIFT: u32 = 20;
+
+/// A new flow replaces a way only if that way's flow has not been seen for this long (two
+/// refresh periods: a flow that sends at all is refreshed more often). With no such way the
+/// new flow is forwarded by the table but not tracked: a SYN flood never evicts an active flow.
+pub const FLOW_EVICT_IDLE_NS: u64 = 2 * FLOW_REFRESH_NS;
+
+/// The tag a flow's hash leaves in its bucket: never 0, which marks an empty way.
+#[inline(always)]
+pub const fn flow_tag(hash: u32) -> u32 {
+    hash | 1
+}
+
+/// The number of `FLOWS` buckets for a capacity of `entries` flows: a power of two (the bucket
+/// is the hash's low bits) with twice the ways the capacity needs. Flows fall into buckets at
+/// random, so a full set-associative cache overflows some buckets long before every way is
+/// taken: at half load about 1 bucket in 16 000 holds more than 4 flows, at full load 1 in 400.
+pub const fn flow_buckets(entries: u32) -> u32 {
+    let buckets = (entries / FLOW_WAYS as u32).saturating_mul(2);
+    if buckets <= 1 {
+        1
+    } else {
+        buckets.next_power_of_two()
+    }
+}
 
 /// UDP flow entries are refreshed at most this often (a write per packet would bounce the
 /// entry's cache line between cores).
@@ -216,8 +278,12 @@ pub struct Config {
     pub flow_insert_cost_ns: u64,
     /// Bucket depth in nanoseconds of credit (`burst * cost`).
     pub flow_insert_burst_ns: u64,
+    /// `FLOWS` buckets - 1 (a power of two minus one); the map writer sets it from the map's
+    /// size, whatever the caller gave.
+    pub flow_bucket_mask: u32,
+    pub _padding_end: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 72);
+const _: () = assert!(core::mem::size_of::<Config>() == 80);
 
 /// Value of `FLOW_LIMITER` (per CPU).
 #[repr(C)]
@@ -270,6 +336,7 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for FlowBucket {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for LimiterState {}
     unsafe impl aya::Pod for Counter {}

@@ -17,7 +17,7 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use aya_obj::programs::XdpAttachType;
-use failover_common::maps::{names, Counter, VipKey, DEFAULT_FLOW_ENTRIES, DEFAULT_TABLE_POOL_SLOTS, PROTOCOL_ADDRESS};
+use failover_common::maps::{flow_buckets, names, Counter, VipKey, DEFAULT_FLOW_ENTRIES, DEFAULT_TABLE_POOL_SLOTS, PROTOCOL_ADDRESS};
 use thiserror::Error;
 
 use crate::{
@@ -211,7 +211,7 @@ pub(crate) fn open_pinned_program(paths: &InstancePaths) -> Result<Xdp, LoadErro
 fn load_object(options: LoadOptions) -> Result<Ebpf, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(names::TABLES, options.table_pool_slots)
-        .map_max_entries(names::FLOWS, options.flow_entries)
+        .map_max_entries(names::FLOWS, flow_buckets(options.flow_entries))
         .load(objects::FAILOVER)?;
     program_mut(&mut ebpf, PROGRAM)?
         .load()

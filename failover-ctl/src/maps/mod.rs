@@ -3,6 +3,7 @@
 //! published, so that every change is validated before the first map is touched.
 
 mod address_entry;
+mod flows;
 mod publish;
 
 use std::{
@@ -95,6 +96,8 @@ pub struct MapWriter {
     health: Array<MapData, u32>,
     config: Array<MapData, Config>,
     config_active: Array<MapData, u32>,
+    /// `FLOWS` buckets - 1, written into every published `Config`.
+    flow_bucket_mask: u32,
     pool: TablePool,
     grace: GracePeriod,
     grace_epoch: u64,
@@ -133,6 +136,25 @@ impl MapSource<'_> {
         T::try_from(self.map(name)?).map_err(map_error(name))
     }
 
+    /// The size a map was created with, without taking it out of the object.
+    fn max_entries(&mut self, name: &'static str) -> Result<u32, MapWriteError> {
+        let info = match self {
+            Self::Object(ebpf) => {
+                let map = ebpf.map(name).ok_or(MapWriteError::Missing(name))?;
+                let data = match map {
+                    Map::Array(data) => data,
+                    _ => return Err(MapWriteError::Corrupt(format!("map {name} is not an array"))),
+                };
+                data.info()
+            }
+            Self::Pinned(paths) => {
+                let path = paths.map(name);
+                MapData::from_pin(&path).map_err(|source| MapWriteError::Pinned { path: path.clone(), source })?.info()
+            }
+        };
+        Ok(info.map_err(map_error(name))?.max_entries())
+    }
+
     /// The `TABLES` pool, mapped writable or for reading only.
     pub(crate) fn pool(&mut self, writable: bool) -> Result<TablePool, MapWriteError> {
         let Map::Array(tables) = self.map(names::TABLES)? else {
@@ -169,7 +191,12 @@ impl MapWriter {
 
     fn open(mut source: MapSource<'_>) -> Result<Self, MapWriteError> {
         let pool = source.pool(true)?;
+        let flow_buckets = source.max_entries(names::FLOWS)?;
+        if !flow_buckets.is_power_of_two() {
+            return Err(MapWriteError::Corrupt(format!("map {} has {flow_buckets} buckets, not a power of two", names::FLOWS)));
+        }
         Ok(Self {
+            flow_bucket_mask: flow_buckets - 1,
             vips: source.typed(names::VIPS)?,
             filter: source.typed(names::ADDRESS_FILTER)?,
             backends: source.typed(names::BACKENDS)?,
@@ -200,6 +227,8 @@ impl MapWriter {
             Some((active, _)) => 1 - active,
             None => 0,
         };
+        // The flow cache's shape is the map's, not the caller's to choose.
+        let config = &Config { flow_bucket_mask: self.flow_bucket_mask, ..*config };
         self.config.set(slot, config, 0).map_err(map_error(names::CONFIG))?;
         self.config_active.set(0, slot, 0).map_err(map_error(names::CONFIG_ACTIVE))?;
         self.active_config = Some((slot, *config));
@@ -460,7 +489,7 @@ pub struct Counters {
     reasons: PerCpuArray<MapData, Counter>,
     vips: PerCpuArray<MapData, Counter>,
     backends: PerCpuArray<MapData, Counter>,
-    flows: HashMap<MapData, FlowKey, FlowValue>,
+    flows: flows::FlowTable,
 }
 
 /// A per-CPU counter summed over CPUs.
@@ -490,7 +519,7 @@ impl Counters {
             reasons: source.typed(names::REASON_STATS)?,
             vips: source.typed(names::VIP_STATS)?,
             backends: source.typed(names::BACKEND_STATS)?,
-            flows: source.typed(names::FLOWS)?,
+            flows: flows::FlowTable::new(source.typed(names::FLOWS)?),
         })
     }
 
@@ -509,23 +538,22 @@ impl Counters {
 
     /// Every tracked flow.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>, MapWriteError> {
-        self.flows.iter().map(|entry| entry.map_err(map_error(names::FLOWS))).collect()
+        self.flows.flows()
     }
 
     pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
-        self.flows.get(key, 0).ok()
+        self.flows.flow(key)
     }
 
     /// Forgets a tracked flow.
     pub fn forget_flow(&mut self, key: &FlowKey) -> Result<(), MapWriteError> {
-        self.flows.remove(key).map_err(map_error(names::FLOWS))
+        self.flows.forget(key)
     }
 
     /// Forgets every tracked flow to `destination` (any port and protocol); how many were
-    /// removed (an entry the LRU evicted meanwhile is not counted).
+    /// removed.
     pub fn forget_flows_to(&mut self, destination: IpAddr) -> Result<usize, MapWriteError> {
         let (words, family) = crate::address::to_words(destination);
-        let keys: Vec<FlowKey> = self.flows.keys().collect::<Result<_, _>>().map_err(map_error(names::FLOWS))?;
-        Ok(keys.iter().filter(|key| key.destination == words && key.family == family).filter(|key| self.flows.remove(key).is_ok()).count())
+        self.flows.forget_where(|key| key.destination == words && key.family == family)
     }
 }

@@ -16,7 +16,7 @@ use failover_ebpf::{
 };
 
 use crate::{
-    encap,
+    cache, encap,
     flow::{flow_key, Routed},
     icmp,
     maps::*,
@@ -124,19 +124,23 @@ pub fn service(ctx: &XdpContext, l3: &L3, meta: &VipMeta, key: &FlowKey, track: 
         return Verdict::drop(stats::DROP_NOT_CONFIGURED);
     };
     let tracking = meta.flags & VIP_NO_FLOW_TRACKING == 0;
+    // The 5-tuple's hash names the flow's bucket in the cache and, unless the VIP hashes the
+    // source alone, its table slot.
+    let flow_hash = hash::flow_key_hash(key, false);
+    let bucket = if tracking { cache::bucket(flow_hash, config) } else { None };
     let mut choice = None;
-    if tracking {
-        choice = tracked(meta, key, config);
+    if let Some(bucket) = bucket {
+        choice = tracked(meta, key, bucket, flow_hash, config);
     }
     let (choice, flow) = match choice {
         Some(choice) => (choice, FLOW_TRACKED),
         None => {
-            let hash = hash::flow_key_hash(key, meta.flags & VIP_HASH_SOURCE_ONLY != 0);
+            let hash = if meta.flags & VIP_HASH_SOURCE_ONLY != 0 { hash::source_hash(&key.source) } else { flow_hash };
             match from_table(meta, hash) {
                 Some(choice) => {
                     let mut flow = FLOW_UNTRACKED;
-                    if track && tracking {
-                        flow = remember(key, choice.0, config);
+                    if let (true, Some(bucket)) = (track, bucket) {
+                        flow = remember(key, bucket, flow_hash, choice.0, config);
                     }
                     (choice, flow)
                 }
@@ -190,24 +194,16 @@ fn is_up(id: u32, vip_id: u32) -> bool {
 
 /// The tracked backend of this flow, if there is one and it may still take the flow.
 #[inline(always)]
-fn tracked(meta: &VipMeta, key: &FlowKey, config: &Config) -> Option<(u32, Backend)> {
-    let entry = FLOWS.get_ptr_mut(key)?;
-    // SAFETY: LRU values stay valid for the duration of this program run.
-    let id = unsafe { (*entry).backend_id };
-    if key.protocol == PROTOCOL_UDP {
-        // SAFETY: as above.
-        let last = unsafe { (*entry).last_seen_ns };
-        let now = now_ns();
-        let idle = now.saturating_sub(last);
-        if idle > config.udp_idle_timeout_ns {
-            count::reason(stats::EVENT_FLOW_EXPIRED, 0);
-            return None;
-        }
-        if idle > FLOW_REFRESH_NS {
-            // SAFETY: as above; a racing writer on another CPU stores a time just as good.
-            unsafe { (*entry).last_seen_ns = now };
-        }
+fn tracked(meta: &VipMeta, key: &FlowKey, bucket: *mut FlowBucket, hash: u32, config: &Config) -> Option<(u32, Backend)> {
+    let slot = cache::find(bucket, key, hash)?;
+    let id = slot.backend_id();
+    let now = now_ns();
+    let udp = key.protocol == PROTOCOL_UDP;
+    if udp && now.saturating_sub(slot.last_seen_ns()) > config.udp_idle_timeout_ns {
+        count::reason(stats::EVENT_FLOW_EXPIRED, 0);
+        return None;
     }
+    slot.refresh(now, udp);
     match live_backend(id, meta.vip_id, true) {
         Some(backend) => Some((id, backend)),
         None => {
@@ -258,20 +254,17 @@ fn probe_table(offset: u32, size: u32, vip_id: u32, hash: u32) -> u64 {
 }
 
 /// Tracks a new flow, unless this CPU's insert budget is spent (SYN-flood policy: the flow is
-/// still forwarded by the table, which sends it to the same backend while the table stands).
-/// Returns `FLOW_NEW`, or `FLOW_UNTRACKED` when the limiter or the map refused the entry.
+/// still forwarded by the table, which sends it to the same backend while the table stands) or
+/// every way of its bucket holds a recently active flow (which a new one never evicts).
+/// Returns `FLOW_NEW`, or `FLOW_UNTRACKED` when the limiter or the cache refused the entry.
 #[inline(always)]
-fn remember(key: &FlowKey, backend_id: u32, config: &Config) -> u8 {
+fn remember(key: &FlowKey, bucket: *mut FlowBucket, hash: u32, backend_id: u32, config: &Config) -> u8 {
     let now = now_ns();
-    if !insert_allowed(config, now) {
+    if !insert_allowed(config, now) || !cache::place(bucket, key, hash, backend_id, now) {
         count::reason(stats::EVENT_FLOW_NOT_TRACKED, 0);
         return FLOW_UNTRACKED;
     }
-    let value = FlowValue { backend_id, _padding: 0, last_seen_ns: now };
-    match FLOWS.insert(key, value, 0) {
-        Ok(()) => FLOW_NEW,
-        Err(_) => FLOW_UNTRACKED,
-    }
+    FLOW_NEW
 }
 
 /// Per-CPU token bucket, in nanoseconds of credit: one insert costs `flow_insert_cost_ns`,

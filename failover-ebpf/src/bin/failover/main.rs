@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod cache;
 mod encap;
 mod flow;
 mod icmp;

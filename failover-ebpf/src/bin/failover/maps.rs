@@ -3,11 +3,12 @@
 //!
 //! BTF map definitions (`#[btf_map]`): the kernel then knows each key and value type, so
 //! `bpftool map dump` prints field names. Capacities are const generics here; the loader
-//! overrides `TABLES` and `FLOWS` (`set_max_entries`) before the maps are created.
+//! overrides `TABLES` and `FLOWS` (`set_max_entries`; `FLOWS` in buckets) before the maps are
+//! created.
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{Array, HashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use failover_common::{
@@ -50,10 +51,12 @@ pub static HEALTH: Array<u32, { MAX_BACKENDS as usize }> = Array::new();
 #[btf_map]
 pub static TABLES: Array<u32, { DEFAULT_TABLE_POOL_SLOTS as usize }, { BPF_F_MMAPABLE as usize }> = Array::new();
 
-/// 5-tuple -> backend id and last-seen time. Data plane writes; the controller only reads and
-/// deletes.
+/// The flow cache: flow hash -> bucket of `FLOW_WAYS` flows (key, backend id, last-seen time),
+/// shared by every CPU, so a flow keeps its backend whichever CPU its packets reach. An array:
+/// lookups and inserts are inlined loads and stores, no helper call, no lock (see `FlowBucket`
+/// for the write order). Data plane writes; the controller only reads and clears ways.
 #[btf_map]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue, { DEFAULT_FLOW_ENTRIES as usize }> = LruHashMap::new();
+pub static FLOWS: Array<FlowBucket, { flow_buckets(DEFAULT_FLOW_ENTRIES) as usize }> = Array::new();
 
 /// Two configuration slots; `CONFIG_ACTIVE[0]` names the live one. Controller writes.
 #[btf_map]

@@ -1,0 +1,161 @@
+//! The flow cache (`FLOWS`): find a flow's way in the bucket its hash names, refresh it, and
+//! place a new flow — array loads and stores the verifier inlines, no helper call and no lock.
+//! Layout, write order and the replacement rule are `failover_common::maps::FlowBucket`'s.
+
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+
+use failover_common::maps::{
+    flow_tag, Config, FlowBucket, FlowKey, FLOW_EVICT_IDLE_NS, FLOW_REFRESH_NS, FLOW_SEEN_SHIFT, FLOW_WAYS,
+};
+
+use crate::maps::FLOWS;
+
+/// A tracked flow: its bucket and way, for reading and refreshing in place.
+pub struct Slot {
+    bucket: *mut FlowBucket,
+    way: usize,
+}
+
+/// The bucket of a flow hash.
+#[inline(always)]
+pub fn bucket(hash: u32, config: &Config) -> Option<*mut FlowBucket> {
+    FLOWS.get_ptr_mut(hash & config.flow_bucket_mask)
+}
+
+/// `FLOW_SEEN_SHIFT` units of the coarse clock.
+#[inline(always)]
+fn units(now: u64) -> u32 {
+    (now >> FLOW_SEEN_SHIFT) as u32
+}
+
+/// Word by word: a derived comparison of the arrays could become a `bcmp` call, which BPF has
+/// not.
+#[inline(always)]
+fn same_key(stored: *const FlowKey, key: &FlowKey) -> bool {
+    let stored = stored as *const u32;
+    let key = key as *const FlowKey as *const u32;
+    for word in 0..(core::mem::size_of::<FlowKey>() / 4) {
+        // SAFETY: both point to a whole FlowKey (40 bytes, u32-aligned). Word by word with an
+        // early exit: loading every word first would spill them all to the stack.
+        if unsafe { read_volatile(stored.add(word)) != *key.add(word) } {
+            return false;
+        }
+    }
+    true
+}
+
+/// The way of `key` in `bucket`, if the flow is tracked.
+#[inline(always)]
+pub fn find(bucket: *mut FlowBucket, key: &FlowKey, hash: u32) -> Option<Slot> {
+    let way = find_way(bucket, key, flow_tag(hash));
+    (way < FLOW_WAYS as u32).then_some(Slot { bucket, way: way as usize })
+}
+
+/// The way whose tag and key match, or `FLOW_WAYS`. Its own BPF function returning a scalar:
+/// a small frame of its own instead of a larger one for the service path, whose call chain
+/// must stay within 512 bytes of stack.
+#[inline(never)]
+fn find_way(bucket: *mut FlowBucket, key: &FlowKey, tag: u32) -> u32 {
+    for way in 0..FLOW_WAYS {
+        // SAFETY: `bucket` is a live array element for this program run; `way` < FLOW_WAYS.
+        let matches = unsafe { read_volatile(addr_of!((*bucket).tags[way])) == tag && same_key(addr_of!((*bucket).entries[way].key), key) };
+        if matches {
+            return way as u32;
+        }
+    }
+    FLOW_WAYS as u32
+}
+
+impl Slot {
+    pub fn backend_id(&self) -> u32 {
+        // SAFETY: see `find`.
+        unsafe { read_volatile(addr_of!((*self.bucket).entries[self.way & (FLOW_WAYS - 1)].value.backend_id)) }
+    }
+
+    /// When the flow was created (TCP) or last refreshed (UDP).
+    pub fn last_seen_ns(&self) -> u64 {
+        // SAFETY: see `find`.
+        unsafe { read_volatile(addr_of!((*self.bucket).entries[self.way & (FLOW_WAYS - 1)].value.last_seen_ns)) }
+    }
+
+    /// Marks the flow active (what replacement reads), and for UDP its idle clock, at most once
+    /// per `FLOW_REFRESH_NS`: a write per packet would bounce the line between CPUs.
+    #[inline(always)]
+    pub fn refresh(&self, now: u64, udp: bool) {
+        let way = self.way & (FLOW_WAYS - 1);
+        // SAFETY: see `find`; a racing writer on another CPU stores a time just as good.
+        unsafe {
+            let seen = addr_of_mut!((*self.bucket).seen[way]);
+            if u64::from(units(now).wrapping_sub(read_volatile(seen))) > FLOW_REFRESH_NS >> FLOW_SEEN_SHIFT {
+                write_volatile(seen, units(now));
+                if udp {
+                    write_volatile(addr_of_mut!((*self.bucket).entries[way].value.last_seen_ns), now);
+                }
+            }
+        }
+    }
+}
+
+/// Tracks `key` on `backend_id`: in its own way if the flow is there (a re-choice), else an
+/// empty way, else the way idle longest if it has been idle `FLOW_EVICT_IDLE_NS`. False when
+/// every way holds a flow seen more recently than that: the new flow stays untracked.
+#[inline(always)]
+pub fn place(bucket: *mut FlowBucket, key: &FlowKey, hash: u32, backend_id: u32, now: u64) -> bool {
+    let tag = flow_tag(hash);
+    let own = find_way(bucket, key, tag);
+    place_in(bucket, key, u64::from(tag) | (u64::from(own) << 32), backend_id, now)
+}
+
+/// [`place`]'s choice and writes, with the flow's own way (or `FLOW_WAYS`) already found and
+/// packed above its tag: five arguments at most, and a loop over the bucket's first line only,
+/// which keeps this function's frame, the last of the service path's call chain, small.
+#[inline(never)]
+fn place_in(bucket: *mut FlowBucket, key: &FlowKey, tag_and_own: u64, backend_id: u32, now: u64) -> bool {
+    let tag = tag_and_own as u32;
+    let own = (tag_and_own >> 32) as usize;
+    let now_units = units(now);
+    let mut empty = FLOW_WAYS;
+    let mut idle_way = FLOW_WAYS;
+    let mut idle_longest = 0u32;
+    for way in 0..FLOW_WAYS {
+        // SAFETY: `bucket` is a live array element for this program run; `way` < FLOW_WAYS.
+        unsafe {
+            if read_volatile(addr_of!((*bucket).tags[way])) == 0 {
+                if empty == FLOW_WAYS {
+                    empty = way;
+                }
+            } else {
+                let idle = now_units.wrapping_sub(read_volatile(addr_of!((*bucket).seen[way])));
+                if idle > idle_longest {
+                    idle_longest = idle;
+                    idle_way = way;
+                }
+            }
+        }
+    }
+    let way = if own < FLOW_WAYS {
+        own
+    } else if empty < FLOW_WAYS {
+        empty
+    } else if u64::from(idle_longest) >= FLOW_EVICT_IDLE_NS >> FLOW_SEEN_SHIFT && idle_way < FLOW_WAYS {
+        idle_way
+    } else {
+        return false;
+    };
+    let way = way & (FLOW_WAYS - 1);
+    // SAFETY: as above; the order is the one `FlowBucket` documents.
+    unsafe {
+        write_volatile(addr_of_mut!((*bucket).tags[way]), 0);
+        let entry = addr_of_mut!((*bucket).entries[way]);
+        let target = addr_of_mut!((*entry).key) as *mut u32;
+        let source = key as *const FlowKey as *const u32;
+        for word in 0..(core::mem::size_of::<FlowKey>() / 4) {
+            write_volatile(target.add(word), *source.add(word));
+        }
+        write_volatile(addr_of_mut!((*entry).value.backend_id), backend_id);
+        write_volatile(addr_of_mut!((*entry).value.last_seen_ns), now);
+        write_volatile(addr_of_mut!((*bucket).seen[way]), now_units);
+        write_volatile(addr_of_mut!((*bucket).tags[way]), tag);
+    }
+    true
+}
