@@ -1,0 +1,136 @@
+//! The flow cache's two promises, on the real program: an established flow keeps its backend
+//! across a table change whichever CPU its packets arrive on (the cache is shared, not per
+//! CPU), and a flood of new flows never evicts a flow that is active (a new flow takes only an
+//! empty way or one idle for `FLOW_EVICT_IDLE_NS`; otherwise it is forwarded untracked).
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use failover_common::{maps::*, stats};
+use failover_tests::{craft::flow_key, *};
+
+/// Runs `f` on a thread pinned to `cpu`: `BPF_PROG_TEST_RUN` runs the program on the calling
+/// thread's CPU.
+fn on_cpu<T: Send>(cpu: usize, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it, and
+                // sched_setaffinity(0, ..) applies it to this thread only.
+                let result = unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+                };
+                assert_eq!(result, 0, "sched_setaffinity to CPU {cpu}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("the pinned thread panicked")
+    })
+}
+
+/// The outer destination of an encapsulated frame (IPv4 in IPv4 or IPv6 in IPv6, no VLAN).
+fn outer_destination(frame: &[u8]) -> IpAddr {
+    match u16::from_be_bytes([frame[12], frame[13]]) {
+        0x0800 => IpAddr::from(<[u8; 4]>::try_from(&frame[30..34]).unwrap()),
+        _ => IpAddr::from(<[u8; 16]>::try_from(&frame[38..54]).unwrap()),
+    }
+}
+
+/// Sends `transport` of client:port -> vip:80 and returns the backend address it was tunnelled to.
+fn forward(harness: &Harness, client: IpAddr, vip: IpAddr, port: u16, transport: Transport) -> IpAddr {
+    let frame = packet(Tags::None, client, vip, transport, (port, 80), b"x");
+    let (action, out) = harness.run(&frame);
+    assert_eq!(action, XDP_TX, "{client}:{port} -> {vip}: {}", action_name(action));
+    outer_destination(&out)
+}
+
+#[test]
+fn an_established_flow_keeps_its_backend_on_every_cpu_across_a_table_change() {
+    if !root() {
+        return;
+    }
+    let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+    assert!(cpus >= 2, "this test needs two CPUs, the machine has {cpus}");
+    let mut harness = Harness::new();
+    for (vip_id, (client, vip, first, second)) in [
+        (1, (IpAddr::V4(CLIENT4), IpAddr::V4(VIP4), backend4(1), backend4(2))),
+        (2, (IpAddr::V6(CLIENT6), IpAddr::V6(VIP6), backend6(1), backend6(2))),
+    ] {
+        let (first_id, second_id) = (vip_id * 10, vip_id * 10 + 1);
+        harness.backend(first_id, vip_id, first, HEALTH_UP);
+        harness.backend(second_id, vip_id, second, HEALTH_UP);
+        harness.vip(vip, 80, PROTOCOL_TCP, vip_id, VIP_OWNED, &[first_id; 13]);
+
+        // Opened on CPU 0 (and one on CPU 1), then the table moves every slot to the second.
+        let opened = on_cpu(0, || forward(&harness, client, vip, 40000, Transport::TcpSyn));
+        let other = on_cpu(1, || forward(&harness, client, vip, 40001, Transport::TcpSyn));
+        assert_eq!((opened, other), (first, first), "{vip}: both opened on the table's backend");
+        harness.vip(vip, 80, PROTOCOL_TCP, vip_id, VIP_OWNED, &[second_id; 13]);
+
+        // Each flow's later packets, on the CPU that did not open it and on the one that did.
+        for cpu in [1, 0] {
+            let later = on_cpu(cpu, || forward(&harness, client, vip, 40000, Transport::TcpAck));
+            assert_eq!(later, first, "{vip}: the flow opened on CPU 0 kept its backend on CPU {cpu}");
+        }
+        for cpu in [0, 1] {
+            let later = on_cpu(cpu, || forward(&harness, client, vip, 40001, Transport::TcpAck));
+            assert_eq!(later, first, "{vip}: the flow opened on CPU 1 kept its backend on CPU {cpu}");
+        }
+        let new = on_cpu(1, || forward(&harness, client, vip, 40002, Transport::TcpSyn));
+        assert_eq!(new, second, "{vip}: a new flow follows the new table");
+        let tracked = harness.dataplane.counters.flow(&flow_key(client, vip, PROTOCOL_TCP, (40000, 80)));
+        assert_eq!(tracked.map(|value| value.backend_id), Some(first_id), "{vip}: one entry, seen from both CPUs");
+    }
+}
+
+#[test]
+fn a_flood_of_new_flows_never_evicts_an_active_flow() {
+    if !root() {
+        return;
+    }
+    let mut harness = Harness::new();
+    // Every insert allowed: the cache's own rule is what is under test, not the limiter.
+    harness.dataplane.writer.set_config(&Config { flow_insert_cost_ns: 0, flow_insert_burst_ns: 0, ..standard_config() }).unwrap();
+    let backends: Vec<IpAddr> = (1..=4).map(backend4).collect();
+    for (n, address) in backends.iter().enumerate() {
+        harness.backend(10 + n as u32, 1, *address, HEALTH_UP);
+    }
+    let table: Vec<u32> = (0..251).map(|slot| 10 + slot % 4).collect();
+    harness.vip(IpAddr::V4(VIP4), 80, PROTOCOL_TCP, 1, VIP_OWNED, &table);
+    let client = IpAddr::V4(CLIENT4);
+    let vip = IpAddr::V4(VIP4);
+    let slots = flow_buckets(4096) as usize * FLOW_WAYS;
+
+    let started = Instant::now();
+    let established: Vec<(u16, IpAddr)> = (0..500u16).map(|n| (1000 + n, forward(&harness, client, vip, 1000 + n, Transport::TcpSyn))).collect();
+    let tracked_before = established.iter().filter(|(port, _)| harness.dataplane.counters.flow(&flow_key(client, vip, PROTOCOL_TCP, (*port, 80))).is_some()).count();
+    assert_eq!(tracked_before, established.len(), "500 flows in {slots} ways: all tracked");
+
+    // A flood of twice as many new flows as the cache has ways, from other clients.
+    let refused = harness.reason(stats::EVENT_FLOW_NOT_TRACKED);
+    for n in 0..(2 * slots) as u32 {
+        let source = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+        forward(&harness, source, vip, 20000 + (n % 1000) as u16, Transport::TcpSyn);
+    }
+    let flood_took = started.elapsed();
+    assert!(
+        flood_took < Duration::from_nanos(FLOW_EVICT_IDLE_NS),
+        "the flood took {flood_took:?}: the established flows went idle long enough to be evicted, the test proves nothing"
+    );
+    let refused = harness.reason(stats::EVENT_FLOW_NOT_TRACKED) - refused;
+    let tracked = harness.dataplane.counters.flows().unwrap().len();
+    assert!(refused > 0, "the flood never found a full bucket ({tracked} tracked of {slots} ways)");
+    assert!(tracked <= slots);
+
+    // Every established flow is still tracked on its backend, and its packets go there.
+    for (port, backend) in &established {
+        let key = flow_key(client, vip, PROTOCOL_TCP, (*port, 80));
+        assert!(harness.dataplane.counters.flow(&key).is_some(), "port {port}: evicted by the flood");
+        assert_eq!(forward(&harness, client, vip, *port, Transport::TcpAck), *backend, "port {port}: its backend");
+    }
+    eprintln!("flood of {} new flows into {slots} ways: {refused} forwarded untracked, {tracked} tracked, 500 established kept, in {flood_took:?}", 2 * slots);
+}
