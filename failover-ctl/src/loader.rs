@@ -71,7 +71,7 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> LoadError + '_ {
 pub struct LoadOptions {
     /// Slots in the table pool: at least twice the sum of all VIPs' table sizes.
     pub table_pool_slots: u32,
-    /// Entries in the LRU flow table.
+    /// Flows the flow cache is sized for (it gets twice as many ways, see `flow_buckets`).
     pub flow_entries: u32,
 }
 

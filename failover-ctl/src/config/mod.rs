@@ -313,7 +313,7 @@ pub struct Flows {
     pub insert_rate: u32,
     /// `insert_burst`: token bucket depth; default `insert_rate`, or 1000 when that is 0.
     pub insert_burst: u32,
-    /// `capacity`: entries of the LRU flow table, fixed when the program is first loaded (an
+    /// `capacity`: flows the flow cache is sized for, fixed when the program is first loaded (an
     /// adopted data plane keeps its size); 1024..=16777216, default 1048576.
     pub capacity: u32,
 }
