@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
-use failover_common::stats::REASON_NAMES;
+use failover_common::stats::{self, REASON_NAMES};
 
 use super::{
     lab::Lab,
@@ -125,7 +125,9 @@ fn before(program: Program<'_>) -> Result<Before> {
 }
 
 /// Checks that exactly `packets` packets were counted, all under `reason` (events included:
-/// a new flow the limiter refused would show up as `event_flow_not_tracked`).
+/// a new flow the limiter refused would show up as `event_flow_not_tracked`). The flow cache
+/// may also refuse a new flow whose bucket is full (expected for about 1 in a million of the
+/// benchmark's new flows): up to one in a thousand is accepted, more fails the run.
 fn check_reasons(program: Program<'_>, before: &Before, packets: u64, what: &str) -> Result<()> {
     let Program::LoadBalancer { balancer, reason } = program else { return Ok(()) };
     let after = balancer.reasons()?;
@@ -133,7 +135,8 @@ fn check_reasons(program: Program<'_>, before: &Before, packets: u64, what: &str
     for (index, (now, then)) in after.iter().zip(&before.reasons).enumerate() {
         let delta = now - then;
         let expected = if index == reason as usize { packets } else { 0 };
-        if delta != expected {
+        let tolerated = if index == stats::EVENT_FLOW_NOT_TRACKED as usize { packets / 1000 } else { 0 };
+        if delta < expected || delta > expected + tolerated {
             unexpected.push(format!("{} {delta} (expected {expected})", REASON_NAMES[index]));
         }
     }
