@@ -144,7 +144,7 @@ mod tests {
     fn this_trees_object_matches_itself_by_btf() {
         let maps = shapes(failover_ctl::objects::FAILOVER).unwrap();
         let flows = maps.iter().find(|map| map.name == names::FLOWS).expect("the flow table");
-        assert!(flows.key_layout.as_deref().is_some_and(|layout| layout.starts_with("struct/")), "{flows:?}");
+        assert!(flows.value_layout.as_deref().is_some_and(|layout| layout.starts_with("struct/")), "{flows:?}");
         assert_eq!(flows.max_entries, None, "the loader sizes the flow table");
         assert!(maps.iter().all(|map| map.value_layout.is_some()), "every map has BTF types");
         assert_eq!(check(failover_ctl::objects::FAILOVER, failover_ctl::objects::FAILOVER, "HEAD").unwrap(), 0);

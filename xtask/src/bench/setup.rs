@@ -91,7 +91,7 @@ impl LoadBalancer {
         let options = LoadOptions::default();
         let mut ebpf: Ebpf = EbpfLoader::new()
             .map_max_entries(names::TABLES, options.table_pool_slots)
-            .map_max_entries(names::FLOWS, options.flow_entries)
+            .map_max_entries(names::FLOWS, failover_common::maps::flow_buckets(options.flow_entries))
             .load(object)
             .context("loading the other revision's object")?;
         let xdp: &mut Xdp = ebpf.program_mut(PROGRAM).with_context(|| format!("the object has no program {PROGRAM}"))?.try_into()?;
