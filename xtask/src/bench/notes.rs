@@ -44,7 +44,7 @@ pub fn notes(facts: &Facts<'_>) -> Vec<String> {
         notes.push("Peer program (assembled by the benchmark, attached natively to peer0): counts the frame in a per-CPU counter, writes the original frame's first 56-64 bytes back at the original position, and drops it. It is not a decap: the kernel does NOT copy data_in into a recycled page again (Documentation/bpf/bpf_prog_run.rst: only the data pointers are reset), so without the restore a rewriting program sees its own output from the second use of each page on (tried: 99,936 of 100,000 encapsulating frames became pass_unparsed). Every live run is checked: the peer counted exactly N frames, and the load balancer's reason counter (tx_forward / tx_echo_reply) grew by exactly N with no other counter moving.".to_string());
     }
     notes.push(format!(
-        "New flows: flow tracking and the insert limiter on, as deployed. {} so every frame misses the flow table, probes the Maglev table, passes the limiter and inserts; the flows are deleted after each run, so the table holds at most {} entries (never full: LRU eviction is not measured).{}",
+        "New flows: flow tracking and the insert limiter on, as deployed. {} so every frame misses the flow table, probes the Maglev table, passes the limiter and inserts; the flows are deleted after each run, so the cache holds at most {} flows (never full: eviction is not measured; a flow whose bucket of 8 ways is full, about 1 in 10 000 at that load, is forwarded untracked).{}",
         if live_method == Method::Live {
             "The peer writes a fresh 32-bit number (its CPU's frame count plus the CPU number x 2^28) into the client source address (IPv4) or its last word (IPv6) while restoring,"
         } else {
