@@ -143,13 +143,7 @@ pub fn phase(stage: &mut Stage, announcements: &[Announcement]) -> Result<Row> {
     let mut row = Row::new("1", format!("announce ({} nodes), spread", active.len()));
     record(&mut row, announcements);
     let hops = stage.network.next_hops()?;
-    row.check(hops == active, || {
-        format!(
-            "the router's next hops are {}, expected {}",
-            names(&hops),
-            names(&active)
-        )
-    });
+    row.check_next_hops(&hops, &active);
 
     let burst = flows::burst(&stage.network.client, BURST, BURST_THREADS)?;
     let mut seen = Vec::new();

@@ -139,10 +139,7 @@ pub fn drain(stage: &mut Stage, lb: usize) -> Result<Row> {
     let moved_back = row.moved.map(|(moved, _)| moved);
     row.measure("flows_moved_back", moved_back);
     row.moved = Some((moved_away, of));
-    let failed = row.window.failed;
-    row.check(failed == 0, || {
-        format!("{failed} short requests failed, expected none")
-    });
+    row.check_no_failed_requests();
     Ok(row)
 }
 
@@ -194,17 +191,8 @@ pub fn add(stage: &mut Stage, index: usize) -> Result<Row> {
     let active = stage.active();
     let mut row = stage.finish(row, &start)?;
     let hops = row.next_hops.clone();
-    row.check(hops == active, || {
-        format!(
-            "the router's next hops are {}, expected {}",
-            names(&hops),
-            names(&active)
-        )
-    });
-    let failed = row.window.failed;
-    row.check(failed == 0, || {
-        format!("{failed} short requests failed, expected none")
-    });
+    row.check_next_hops(&hops, &active);
+    row.check_no_failed_requests();
     Ok(row)
 }
 
@@ -242,16 +230,7 @@ pub fn remove(stage: &mut Stage, lb: usize) -> Result<Row> {
     let active = stage.active();
     let mut row = stage.finish(row, &start)?;
     let hops = row.next_hops.clone();
-    row.check(hops == active, || {
-        format!(
-            "the router's next hops are {}, expected {}",
-            names(&hops),
-            names(&active)
-        )
-    });
-    let failed = row.window.failed;
-    row.check(failed == 0, || {
-        format!("{failed} short requests failed, expected none")
-    });
+    row.check_next_hops(&hops, &active);
+    row.check_no_failed_requests();
     Ok(row)
 }

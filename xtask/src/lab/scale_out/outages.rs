@@ -279,11 +279,8 @@ pub fn kill_daemon(stage: &mut Stage, lb: usize) -> Result<Row> {
         format!("the restarted daemon wrote {writes} routes, expected none (adoption)")
     });
     let mut row = stage.finish(row, &start)?;
-    let failed = row.window.failed;
     let moved = row.moved.map_or(0, |(moved, _)| moved);
-    row.check(failed == 0, || {
-        format!("{failed} short requests failed, expected none")
-    });
+    row.check_no_failed_requests();
     row.check(moved == 0, || {
         format!("{moved} long-lived connections changed node, expected none")
     });

@@ -48,6 +48,17 @@ impl Row {
         self.measured.insert(name.into(), value.into());
     }
 
+    /// Fails the row unless the router's next hops `found` are exactly `expected`.
+    pub fn check_next_hops(&mut self, found: &[usize], expected: &[usize]) {
+        self.check(found == expected, || format!("the router's next hops are {}, expected {}", names(found), names(expected)));
+    }
+
+    /// Fails the row if a short request failed during the phase.
+    pub fn check_no_failed_requests(&mut self) {
+        let failed = self.window.failed;
+        self.check(failed == 0, || format!("{failed} short requests failed, expected none"));
+    }
+
     /// Appends to the table's time column.
     pub fn time(&mut self, text: impl AsRef<str>) {
         if !self.time.is_empty() {
