@@ -1,10 +1,16 @@
-//! The controller's side of the flow cache (`FLOWS`, an array of buckets; layout and write
-//! order in `failover_common::maps::FlowBucket`): list the tracked flows, find one, and forget
-//! flows by clearing their ways. A bucket is read and written back whole; a flow the data plane
-//! placed in the same bucket between the two is lost and tracked again by its next packet (which
-//! the table sends to the same backend).
+//! The controller's side of the flow cache (`FLOWS`, an mmap-able array of buckets; layout and
+//! write order in `failover_common::maps::FlowBucket`): list the tracked flows, find one, and
+//! forget flows by clearing their ways' tags. The array is mapped into this process, so a scan is
+//! a walk over memory (151 MB for the default capacity, tens of milliseconds) instead of one
+//! system call per bucket, and forgetting is one 4-byte store per way, which the data plane sees
+//! at once and which cannot undo a flow it placed meanwhile in another way of the bucket.
 
-use aya::maps::{Array, MapData};
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    ptr::{addr_of, addr_of_mut, read_volatile, write_volatile, NonNull},
+};
+
+use aya::maps::{Map, MapData};
 use failover_common::{
     hash,
     maps::{flow_tag, names, FlowBucket, FlowKey, FlowValue, FLOW_WAYS},
@@ -13,76 +19,125 @@ use failover_common::{
 use super::{map_error, MapWriteError};
 
 pub struct FlowTable {
-    map: Array<MapData, FlowBucket>,
+    /// Kept for the map's lifetime guarantees; the mapping holds its own reference too.
+    _map: MapData,
+    base: NonNull<FlowBucket>,
+    buckets: u32,
+    mapped_len: usize,
 }
 
+// SAFETY: the mapping is owned by this value and only accessed through its methods; the data
+// plane's concurrent writes are part of the documented protocol (volatile accesses here).
+unsafe impl Send for FlowTable {}
+unsafe impl Sync for FlowTable {}
+
 impl FlowTable {
-    pub(super) fn new(map: Array<MapData, FlowBucket>) -> Self {
-        Self { map }
+    pub(super) fn new(map: Map) -> Result<Self, MapWriteError> {
+        let Map::Array(map) = map else {
+            return Err(MapWriteError::Corrupt(format!("map {} is not an array", names::FLOWS)));
+        };
+        let info = map.info().map_err(map_error(names::FLOWS))?;
+        if info.value_size() as usize != size_of::<FlowBucket>() {
+            return Err(MapWriteError::Corrupt(format!(
+                "map {} holds {}-byte values, this program's buckets are {} bytes",
+                names::FLOWS,
+                info.value_size(),
+                size_of::<FlowBucket>()
+            )));
+        }
+        let buckets = info.max_entries();
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let mapped_len = (buckets as usize * size_of::<FlowBucket>()).div_ceil(page) * page;
+        let fd = map.fd().as_fd().as_raw_fd();
+        // SAFETY: a shared mapping of a BPF_F_MMAPABLE array, its length rounded to pages as the
+        // kernel requires; checked for MAP_FAILED below.
+        let pointer = unsafe { libc::mmap(std::ptr::null_mut(), mapped_len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
+        if pointer == libc::MAP_FAILED {
+            let error = std::io::Error::last_os_error();
+            return Err(MapWriteError::Corrupt(format!("mapping {} ({buckets} buckets): {error}", names::FLOWS)));
+        }
+        let base = NonNull::new(pointer.cast()).ok_or_else(|| MapWriteError::Corrupt(format!("mapping {}: null", names::FLOWS)))?;
+        Ok(Self { _map: map, base, buckets, mapped_len })
     }
 
-    /// Buckets in the map (a power of two).
-    pub fn buckets(&self) -> u32 {
-        self.map.len()
+    fn bucket(&self, index: u32) -> *mut FlowBucket {
+        debug_assert!(index < self.buckets);
+        // SAFETY: `index` < buckets, so the pointer stays inside the mapping.
+        unsafe { self.base.as_ptr().add(index as usize) }
     }
 
     fn bucket_of(&self, key: &FlowKey) -> u32 {
-        hash::flow_key_hash(key, false) & (self.buckets().max(1) - 1)
+        hash::flow_key_hash(key, false) & (self.buckets.max(1) - 1)
     }
 
-    fn read(&self, index: u32) -> Result<FlowBucket, MapWriteError> {
-        self.map.get(&index, 0).map_err(map_error(names::FLOWS))
+    /// The occupied ways of bucket `index`: (way, key, value).
+    fn occupied(&self, index: u32) -> impl Iterator<Item = (usize, FlowKey, FlowValue)> + '_ {
+        let bucket = self.bucket(index);
+        (0..FLOW_WAYS).filter_map(move |way| {
+            // SAFETY: inside the mapping; the data plane may be writing the way, which at worst
+            // yields a stale or mixed entry for this inspection.
+            unsafe {
+                if read_volatile(addr_of!((*bucket).tags[way])) == 0 {
+                    return None;
+                }
+                let entry = read_volatile(addr_of!((*bucket).entries[way]));
+                Some((way, entry.key, entry.value))
+            }
+        })
+    }
+
+    fn clear(&self, index: u32, way: usize) {
+        // SAFETY: inside the mapping; a 4-byte aligned store the data plane reads atomically.
+        unsafe { write_volatile(addr_of_mut!((*self.bucket(index)).tags[way]), 0) }
     }
 
     /// Every tracked flow.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>, MapWriteError> {
-        let mut flows = Vec::new();
-        for index in 0..self.buckets() {
-            let bucket = self.read(index)?;
-            for way in (0..FLOW_WAYS).filter(|way| bucket.tags[*way] != 0) {
-                flows.push((bucket.entries[way].key, bucket.entries[way].value));
-            }
-        }
-        Ok(flows)
+        Ok((0..self.buckets).flat_map(|index| self.occupied(index).map(|(_, key, value)| (key, value))).collect())
     }
 
     /// The entry of `key`, if tracked.
     pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
-        let bucket = self.read(self.bucket_of(key)).ok()?;
+        let index = self.bucket_of(key);
         let tag = flow_tag(hash::flow_key_hash(key, false));
-        (0..FLOW_WAYS).find(|way| bucket.tags[*way] == tag && bucket.entries[*way].key == *key).map(|way| bucket.entries[way].value)
-    }
-
-    /// Forgets the flows of one bucket that `forget` picks; how many.
-    fn forget_in(&mut self, index: u32, forget: impl Fn(&FlowKey) -> bool) -> Result<usize, MapWriteError> {
-        let mut bucket = self.read(index)?;
-        let mut forgotten = 0;
-        for way in 0..FLOW_WAYS {
-            if bucket.tags[way] != 0 && forget(&bucket.entries[way].key) {
-                bucket.tags[way] = 0;
-                forgotten += 1;
-            }
-        }
-        if forgotten > 0 {
-            self.map.set(index, bucket, 0).map_err(map_error(names::FLOWS))?;
-        }
-        Ok(forgotten)
+        let bucket = self.bucket(index);
+        self.occupied(index)
+            // SAFETY: inside the mapping.
+            .find(|(way, stored, _)| unsafe { read_volatile(addr_of!((*bucket).tags[*way])) } == tag && stored == key)
+            .map(|(_, _, value)| value)
     }
 
     /// Forgets a tracked flow; an error if it is not tracked.
     pub fn forget(&mut self, key: &FlowKey) -> Result<(), MapWriteError> {
-        match self.forget_in(self.bucket_of(key), |stored| stored == key)? {
-            0 => Err(MapWriteError::Corrupt(format!("{}: the flow {key:?} is not tracked", names::FLOWS))),
-            _ => Ok(()),
+        let index = self.bucket_of(key);
+        let ways: Vec<usize> = self.occupied(index).filter(|(_, stored, _)| stored == key).map(|(way, _, _)| way).collect();
+        if ways.is_empty() {
+            return Err(MapWriteError::Corrupt(format!("{}: the flow {key:?} is not tracked", names::FLOWS)));
         }
+        for way in ways {
+            self.clear(index, way);
+        }
+        Ok(())
     }
 
     /// Forgets every tracked flow whose key `forget` picks; how many.
     pub fn forget_where(&mut self, forget: impl Fn(&FlowKey) -> bool) -> Result<usize, MapWriteError> {
         let mut total = 0;
-        for index in 0..self.buckets() {
-            total += self.forget_in(index, &forget)?;
+        for index in 0..self.buckets {
+            let ways: Vec<usize> = self.occupied(index).filter(|(_, key, _)| forget(key)).map(|(way, _, _)| way).collect();
+            for way in ways {
+                self.clear(index, way);
+                total += 1;
+            }
         }
         Ok(total)
+    }
+}
+
+impl Drop for FlowTable {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was created in `new` with this length and is not used after drop.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.mapped_len) };
     }
 }

@@ -519,7 +519,7 @@ impl Counters {
             reasons: source.typed(names::REASON_STATS)?,
             vips: source.typed(names::VIP_STATS)?,
             backends: source.typed(names::BACKEND_STATS)?,
-            flows: flows::FlowTable::new(source.typed(names::FLOWS)?),
+            flows: flows::FlowTable::new(source.map(names::FLOWS)?)?,
         })
     }
 

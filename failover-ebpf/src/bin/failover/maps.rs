@@ -54,9 +54,10 @@ pub static TABLES: Array<u32, { DEFAULT_TABLE_POOL_SLOTS as usize }, { BPF_F_MMA
 /// The flow cache: flow hash -> bucket of `FLOW_WAYS` flows (key, backend id, last-seen time),
 /// shared by every CPU, so a flow keeps its backend whichever CPU its packets reach. An array:
 /// lookups and inserts are inlined loads and stores, no helper call, no lock (see `FlowBucket`
-/// for the write order). Data plane writes; the controller only reads and clears ways.
+/// for the write order). Mmap-able: the controller scans it in memory. Data plane writes; the
+/// controller only reads and clears ways' tags.
 #[btf_map]
-pub static FLOWS: Array<FlowBucket, { flow_buckets(DEFAULT_FLOW_ENTRIES) as usize }> = Array::new();
+pub static FLOWS: Array<FlowBucket, { flow_buckets(DEFAULT_FLOW_ENTRIES) as usize }, { BPF_F_MMAPABLE as usize }> = Array::new();
 
 /// Two configuration slots; `CONFIG_ACTIVE[0]` names the live one. Controller writes.
 #[btf_map]
