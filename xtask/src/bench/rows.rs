@@ -8,10 +8,10 @@ use super::{
     statistics::median,
 };
 
-/// The issue's targets.
+/// The issue's targets (issue 11): new flow and non-VIP pass judged above the floor.
 pub const ESTABLISHED_SHARE_OF_FLOOR: f64 = 0.7;
-pub const NEW_FLOW_MAX_NS: f64 = 250.0;
-pub const NON_VIP_MAX_NS: f64 = 45.0;
+pub const NEW_FLOW_MAX_NS: f64 = 300.0;
+pub const NON_VIP_MAX_NS: f64 = 10.0;
 /// A program's two-CPU scaling must be at least this share of the floor's.
 pub const SCALING_SHARE_OF_FLOOR: f64 = 0.9;
 /// The suffix of the two-CPU scenarios; the rest of the name is the one-CPU scenario.
@@ -117,10 +117,6 @@ pub fn rows(order: &[&'static str], series: &[Series], live_method: Method) -> R
             for &series in &of_method {
                 let mut raw = row(series, series.method.name(), kernel(series), wall(series));
                 raw.ratio = ratio_of(series, &kernel);
-                if name.ends_with("_non_vip") {
-                    raw.target = Some(format!("<= {NON_VIP_MAX_NS} ns"));
-                    raw.verdict = Some(raw.ns_per_packet <= NON_VIP_MAX_NS);
-                }
                 if name.ends_with("_established") {
                     let needed = ESTABLISHED_SHARE_OF_FLOOR * floor_live_mpps;
                     raw.target = Some(format!(">= {ESTABLISHED_SHARE_OF_FLOOR} x floor = {needed:.2} Mpps"));
@@ -145,8 +141,12 @@ pub fn rows(order: &[&'static str], series: &[Series], live_method: Method) -> R
                 let mut net = row(series, method.minus_floor_name(), minus(series, floor, |s| s.kernel_ns), minus(series, floor, |s| s.wall_ns));
                 net.ratio = ratio_of(series, &|series| minus(series, floor, |s| s.kernel_ns));
                 if name.ends_with("_new_flow") {
-                    net.target = Some(format!("<= {NEW_FLOW_MAX_NS} ns"));
+                    net.target = Some(format!("<= {NEW_FLOW_MAX_NS} ns above the floor"));
                     net.verdict = Some(net.ns_per_packet <= NEW_FLOW_MAX_NS);
+                }
+                if name.ends_with("_non_vip") {
+                    net.target = Some(format!("<= {NON_VIP_MAX_NS} ns above the floor"));
+                    net.verdict = Some(net.ns_per_packet <= NON_VIP_MAX_NS);
                 }
                 rows.push(net);
             }
