@@ -44,10 +44,15 @@ fn same_key(stored: *const FlowKey, key: &FlowKey) -> bool {
     true
 }
 
-/// The way of `key` in `bucket`, if the flow is tracked.
+/// The way of `key` in `bucket`, or `FLOW_WAYS` when the flow is not tracked.
 #[inline(always)]
-pub fn find(bucket: *mut FlowBucket, key: &FlowKey, hash: u32) -> Option<Slot> {
-    let way = find_way(bucket, key, flow_tag(hash));
+pub fn find(bucket: *mut FlowBucket, key: &FlowKey, hash: u32) -> u32 {
+    find_way(bucket, key, flow_tag(hash))
+}
+
+/// The tracked flow in `way` of `bucket`, if [`find`] found one there.
+#[inline(always)]
+pub fn slot(bucket: *mut FlowBucket, way: u32) -> Option<Slot> {
     (way < FLOW_WAYS as u32).then_some(Slot { bucket, way: way as usize })
 }
 
@@ -96,14 +101,13 @@ impl Slot {
     }
 }
 
-/// Tracks `key` on `backend_id`: in its own way if the flow is there (a re-choice), else an
+/// Tracks `key` on `backend_id`: in its own way `own` if the flow is there (a re-choice: what
+/// [`find`] returned for this packet, so the bucket is not scanned twice), else an
 /// empty way, else the way idle longest if it has been idle `FLOW_EVICT_IDLE_NS`. False when
 /// every way holds a flow seen more recently than that: the new flow stays untracked.
 #[inline(always)]
-pub fn place(bucket: *mut FlowBucket, key: &FlowKey, hash: u32, backend_id: u32, now: u64) -> bool {
-    let tag = flow_tag(hash);
-    let own = find_way(bucket, key, tag);
-    place_in(bucket, key, u64::from(tag) | (u64::from(own) << 32), backend_id, now)
+pub fn place(bucket: *mut FlowBucket, key: &FlowKey, hash: u32, own: u32, backend_id: u32, now: u64) -> bool {
+    place_in(bucket, key, u64::from(flow_tag(hash)) | (u64::from(own) << 32), backend_id, now)
 }
 
 /// [`place`]'s choice and writes, with the flow's own way (or `FLOW_WAYS`) already found and

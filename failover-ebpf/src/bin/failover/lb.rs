@@ -128,9 +128,15 @@ pub fn service(ctx: &XdpContext, l3: &L3, meta: &VipMeta, key: &FlowKey, track: 
     // source alone, its table slot.
     let flow_hash = hash::flow_key_hash(key, false);
     let bucket = if tracking { cache::bucket(flow_hash, config) } else { None };
+    // The flow's way in its bucket (`FLOW_WAYS`: not tracked), found once for the lookup and
+    // for the insert of a re-chosen flow.
+    let mut own = FLOW_WAYS as u32;
     let mut choice = None;
     if let Some(bucket) = bucket {
-        choice = tracked(meta, key, bucket, flow_hash, config);
+        own = cache::find(bucket, key, flow_hash);
+        if let Some(slot) = cache::slot(bucket, own) {
+            choice = tracked(meta, key, &slot, config);
+        }
     }
     let (choice, flow) = match choice {
         Some(choice) => (choice, FLOW_TRACKED),
@@ -140,7 +146,7 @@ pub fn service(ctx: &XdpContext, l3: &L3, meta: &VipMeta, key: &FlowKey, track: 
                 Some(choice) => {
                     let mut flow = FLOW_UNTRACKED;
                     if let (true, Some(bucket)) = (track, bucket) {
-                        flow = remember(key, bucket, flow_hash, choice.0, config);
+                        flow = remember(key, bucket, flow_hash, own, choice.0, config);
                     }
                     (choice, flow)
                 }
@@ -194,8 +200,7 @@ fn is_up(id: u32, vip_id: u32) -> bool {
 
 /// The tracked backend of this flow, if there is one and it may still take the flow.
 #[inline(always)]
-fn tracked(meta: &VipMeta, key: &FlowKey, bucket: *mut FlowBucket, hash: u32, config: &Config) -> Option<(u32, Backend)> {
-    let slot = cache::find(bucket, key, hash)?;
+fn tracked(meta: &VipMeta, key: &FlowKey, slot: &cache::Slot, config: &Config) -> Option<(u32, Backend)> {
     let id = slot.backend_id();
     let now = now_ns();
     let udp = key.protocol == PROTOCOL_UDP;
@@ -258,9 +263,9 @@ fn probe_table(offset: u32, size: u32, vip_id: u32, hash: u32) -> u64 {
 /// every way of its bucket holds a recently active flow (which a new one never evicts).
 /// Returns `FLOW_NEW`, or `FLOW_UNTRACKED` when the limiter or the cache refused the entry.
 #[inline(always)]
-fn remember(key: &FlowKey, bucket: *mut FlowBucket, hash: u32, backend_id: u32, config: &Config) -> u8 {
+fn remember(key: &FlowKey, bucket: *mut FlowBucket, hash: u32, own: u32, backend_id: u32, config: &Config) -> u8 {
     let now = now_ns();
-    if !insert_allowed(config, now) || !cache::place(bucket, key, hash, backend_id, now) {
+    if !insert_allowed(config, now) || !cache::place(bucket, key, hash, own, backend_id, now) {
         count::reason(stats::EVENT_FLOW_NOT_TRACKED, 0);
         return FLOW_UNTRACKED;
     }
