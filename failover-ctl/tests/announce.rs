@@ -60,11 +60,7 @@ fn the_route_follows_the_backends_the_daemon_and_the_operator() {
     };
     let mut daemon = Daemon::start_with(&topology.lb, |instance| {
         spec.instance = instance.to_owned();
-        format!(
-            "{}\n[announce]\nenabled = true\ntable = {TABLE}\nprotocol = {PROTOCOL}\nwithdraw_grace = \"{}ms\"\n",
-            spec.render(),
-            GRACE.as_millis()
-        )
+        spec.render_announcing(TABLE, PROTOCOL, GRACE)
     });
     let lb = &topology.lb;
     let took = wait_route(lb, true, Duration::from_secs(10));

@@ -225,11 +225,7 @@ fn sigterm_keeps_the_routes_and_sigusr1_withdraws_before_exiting() {
     };
     let mut daemon = Daemon::start_with(&topology.lb, |instance| {
         spec.instance = instance.to_owned();
-        format!(
-            "{}\n[announce]\nenabled = true\ntable = {TABLE}\nprotocol = {PROTOCOL}\nwithdraw_grace = \"{}ms\"\n",
-            spec.render(),
-            GRACE.as_millis()
-        )
+        spec.render_announcing(TABLE, PROTOCOL, GRACE)
     });
     let lb = &topology.lb;
     let vip = IpAddr::V4(VIP);

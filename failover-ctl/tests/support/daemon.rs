@@ -68,6 +68,18 @@ impl ConfigSpec {
     }
 }
 
+impl ConfigSpec {
+    /// [`ConfigSpec::render`] with announcing on: the routes in `table` with `protocol`, and
+    /// `drain-node` waiting `grace`.
+    pub fn render_announcing(&self, table: u32, protocol: u8, grace: Duration) -> String {
+        format!(
+            "{}\n[announce]\nenabled = true\ntable = {table}\nprotocol = {protocol}\nwithdraw_grace = \"{}ms\"\n",
+            self.render(),
+            grace.as_millis()
+        )
+    }
+}
+
 /// The top of every generated configuration: instance, the `l0` interface in native XDP mode,
 /// metrics on loopback, the tunnel's next hop and source, and the tests' probe timing.
 pub fn config_head(instance: &str, metrics_port: u16, next_hop_mac: &str) -> String {
