@@ -422,30 +422,18 @@ fn show(lab: &mut Lab, arguments: &Arguments) -> Result<()> {
             .map_err(|_| anyhow::anyhow!("the traffic panicked"))?;
         let rows = rows?;
         traffic?;
-        say("");
-        for line in summary::table(&rows) {
-            say(line);
-        }
-        if arguments.json {
-            for line in summary::json_lines(&rows) {
-                println!("{line}");
-            }
-        }
-        say(format!(
-            "lab: the traffic and faults took {:.1} s; link-down takeover bound: Master_Down_Interval of {} + one interval = {:.1} ms",
-            started.elapsed().as_secs_f64(),
-            lb_name(1),
-            summary::takeover_bound().as_secs_f64() * 1000.0
-        ));
-        let failures = failed_checks(&rows);
-        for failure in &failures {
-            say(format!("lab: check failed: {failure}"));
-        }
-        if !failures.is_empty() {
-            bail!("{} of the lab's checks failed (see above)", failures.len());
-        }
-        say("lab: every check held");
-        Ok(())
+        control::conclude(
+            summary::table(&rows),
+            arguments.json.then(|| summary::json_lines(&rows)),
+            format!(
+                "lab: the traffic and faults took {:.1} s; link-down takeover bound: Master_Down_Interval of {} + one interval = {:.1} ms",
+                started.elapsed().as_secs_f64(),
+                lb_name(1),
+                summary::takeover_bound().as_secs_f64() * 1000.0
+            ),
+            failed_checks(&rows),
+            "the lab",
+        )
     })
 }
 

@@ -45,6 +45,27 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 /// Catches Ctrl-C (and SIGTERM) so that the lab cleans up instead of dying mid-way.
+/// The end of a lab run: the summary `table`, the `json` lines when asked for, a `closing` line,
+/// and every failed check; an error naming how many of the `what`'s checks failed.
+pub fn conclude(table: Vec<String>, json: Option<Vec<String>>, closing: String, failures: Vec<String>, what: &str) -> Result<()> {
+    say("");
+    for line in table {
+        say(line);
+    }
+    for line in json.into_iter().flatten() {
+        println!("{line}");
+    }
+    say(closing);
+    for failure in &failures {
+        say(format!("lab: check failed: {failure}"));
+    }
+    if !failures.is_empty() {
+        bail!("{} of {what}'s checks failed (see above)", failures.len());
+    }
+    say("lab: every check held");
+    Ok(())
+}
+
 pub fn install_signal_handler() {
     for signal in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.

@@ -82,6 +82,56 @@ pub fn namespace_name(role: &str, pid: u32) -> String {
     format!("{NAMESPACE_PREFIX}-{role}-{pid}")
 }
 
+/// The namespace of `role` in run `pid`, deleted when dropped.
+pub fn create_namespace(role: &str, pid: u32) -> Result<Namespace> {
+    Namespace::create_named(&namespace_name(role, pid)).with_context(|| format!("creating the {role} namespace"))
+}
+
+/// The sysctls every lab namespace gets: IPv6 chatter (router solicitations, MLD) off, the lab
+/// is IPv4; no reverse-path filter (tunnelled packets come from a prefix nobody routes back).
+pub fn quiet_sysctls(namespace: &Namespace) -> Result<()> {
+    namespace
+        .exec(&[
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+        ])
+        .map(drop)
+}
+
+/// The client's link to the router (`c0` - `r0`, 10.100.1.2 and 10.100.1.1), its default route,
+/// and its sockets: the short requests open a connection each, so ports in TIME_WAIT are reused
+/// and the local ports run from 1024 to `last_port`.
+pub fn link_client(client: &Namespace, router: &Namespace, last_port: u16) -> Result<()> {
+    veth(client, "c0", router, "r0")?;
+    client.ip("addr add 10.100.1.2/24 dev c0")?;
+    client.ip("route add default via 10.100.1.1")?;
+    client.exec(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1", &format!("net.ipv4.ip_local_port_range=1024 {last_port}")])?;
+    // Veth hands partially checksummed packets to its peer; a packet that a load balancer
+    // sends on through an XDP_TX tunnel must carry a complete checksum.
+    client.exec(&["ethtool", "-K", "c0", "tx", "off"])?;
+    router.ip("addr add 10.100.1.1/24 dev r0")
+}
+
+/// Backend `i`'s link to the router (its `b0` to the router's `router_interface(i)`, subnet
+/// 10.100.(11+i).0/24), its default route, and the VIP on its lo: the decapsulated packet is
+/// addressed to the VIP, so the backend must own it.
+pub fn link_backends(router: &Namespace, backends: &[Namespace], router_interface: impl Fn(usize) -> String) -> Result<()> {
+    for (index, backend) in backends.iter().enumerate() {
+        let port = router_interface(index);
+        veth(backend, BACKEND_INTERFACE, router, &port)?;
+        let subnet = 11 + index;
+        router.ip(&format!("addr add 10.100.{subnet}.1/24 dev {port}"))?;
+        backend.ip(&format!("addr add {}/24 dev {BACKEND_INTERFACE}", backend_address(index)))?;
+        backend.ip(&format!("route add default via 10.100.{subnet}.1"))?;
+        backend.ip(&format!("addr add {VIP}/32 dev lo"))?;
+    }
+    Ok(())
+}
+
 /// The pid in a lab namespace's name, if it is one.
 pub fn namespace_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix(NAMESPACE_PREFIX)?.strip_prefix('-')?;
@@ -98,10 +148,7 @@ pub struct Topology {
 impl Topology {
     /// Builds the namespaces, links, addresses and routes of run `pid`.
     pub fn build(pid: u32) -> Result<Self> {
-        let create = |role: &str| {
-            Namespace::create_named(&namespace_name(role, pid))
-                .with_context(|| format!("creating the {role} namespace"))
-        };
+        let create = |role: &str| create_namespace(role, pid);
         // Created one by one so that a failure drops (deletes) the ones made so far.
         let client = create("client")?;
         let router = create("router")?;
@@ -140,31 +187,9 @@ impl Topology {
             backends,
         } = self;
         for namespace in self.all() {
-            // IPv6 chatter (router solicitations, MLD) is noise here; the lab is IPv4.
-            namespace.exec(&[
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-                "net.ipv4.conf.all.rp_filter=0",
-                "net.ipv4.conf.default.rp_filter=0",
-            ])?;
+            quiet_sysctls(namespace)?;
         }
-        veth(client, "c0", router, "r0")?;
-        client.ip("addr add 10.100.1.2/24 dev c0")?;
-        client.ip("route add default via 10.100.1.1")?;
-        // The short requests open a connection each: reuse ports in TIME_WAIT, and use many.
-        client.exec(&[
-            "sysctl",
-            "-qw",
-            "net.ipv4.tcp_tw_reuse=1",
-            "net.ipv4.ip_local_port_range=1024 65000",
-        ])?;
-        // Veth hands partially checksummed packets to its peer; a packet that the load
-        // balancer sends on through an XDP_TX tunnel must carry a complete checksum.
-        client.exec(&["ethtool", "-K", "c0", "tx", "off"])?;
-
-        router.ip("addr add 10.100.1.1/24 dev r0")?;
+        link_client(client, router, 65000)?;
         let mac = SEGMENT_MAC.map(|byte| format!("{byte:02x}")).join(":");
         // No STP and no forwarding delay: a port forwards as soon as its link is up, so a load
         // balancer that comes back is heard at once.
@@ -189,21 +214,7 @@ impl Topology {
         router.ip(&format!("route add {VIP}/32 via {VRRP_ADDRESS}"))?;
         router.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
 
-        for (index, backend) in backends.iter().enumerate() {
-            let router_interface = format!("r{}", index + 2);
-            veth(backend, BACKEND_INTERFACE, router, &router_interface)?;
-            let subnet = 11 + index;
-            router.ip(&format!(
-                "addr add 10.100.{subnet}.1/24 dev {router_interface}"
-            ))?;
-            backend.ip(&format!(
-                "addr add {}/24 dev {BACKEND_INTERFACE}",
-                backend_address(index)
-            ))?;
-            backend.ip(&format!("route add default via 10.100.{subnet}.1"))?;
-            // The decapsulated packet is addressed to the VIP: the backend must own it.
-            backend.ip(&format!("addr add {VIP}/32 dev lo"))?;
-        }
+        link_backends(router, backends, |index| format!("r{}", index + 2))?;
         Ok(())
     }
 

@@ -290,32 +290,17 @@ fn show(
             .map_err(|_| anyhow::anyhow!("the traffic panicked"))?;
         let rows = rows?;
         traffic?;
-        say("");
-        for line in summary::table(&rows) {
-            say(line);
-        }
-        if arguments.json {
-            for line in summary::json_lines(&rows) {
-                println!("{line}");
-            }
-        }
-        say(format!(
-            "lab: the phases took {:.1} s; withdraw bound fall x interval + 200 ms = {:?}",
-            started.elapsed().as_secs_f64(),
-            outages::withdraw_bound()
-        ));
-        let failures = failed_checks(&rows);
-        for failure in &failures {
-            say(format!("lab: check failed: {failure}"));
-        }
-        if !failures.is_empty() {
-            bail!(
-                "{} of the scale-out lab's checks failed (see above)",
-                failures.len()
-            );
-        }
-        say("lab: every check held");
-        Ok(())
+        control::conclude(
+            summary::table(&rows),
+            arguments.json.then(|| summary::json_lines(&rows)),
+            format!(
+                "lab: the phases took {:.1} s; withdraw bound fall x interval + 200 ms = {:?}",
+                started.elapsed().as_secs_f64(),
+                outages::withdraw_bound()
+            ),
+            failed_checks(&rows),
+            "the scale-out lab",
+        )
     })
 }
 

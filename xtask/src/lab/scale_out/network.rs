@@ -24,7 +24,8 @@ use netlab::{veth, Namespace};
 
 use super::flows;
 use crate::lab::topology::{
-    backend_address, backend_name, lb_name, namespace_name, BACKENDS, BACKEND_INTERFACE, CLIENT,
+    backend_name, create_namespace, lb_name, link_backends, link_client,
+    quiet_sysctls, BACKENDS, CLIENT,
     LB_INTERFACE, PORT, VIP,
 };
 
@@ -82,28 +83,10 @@ pub struct Network {
     pub backends: Vec<Namespace>,
 }
 
-/// The per-namespace sysctls every lab namespace gets: IPv6 chatter off (the lab is IPv4), and
-/// no reverse-path filter (tunnelled packets come from a prefix nobody routes back).
-fn quiet_sysctls(namespace: &Namespace) -> Result<()> {
-    namespace
-        .exec(&[
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1",
-            "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.default.rp_filter=0",
-        ])
-        .map(drop)
-}
-
 impl Network {
     /// Builds the namespaces, links, addresses and routes of run `pid` (no load balancer yet).
     pub fn build(pid: u32) -> Result<Self> {
-        let create = |role: &str| {
-            Namespace::create_named(&namespace_name(role, pid))
-                .with_context(|| format!("creating the {role} namespace"))
-        };
+        let create = |role: &str| create_namespace(role, pid);
         // One by one, so that a failure drops (deletes) the ones made so far.
         let client = create("client")?;
         let router = create("router")?;
@@ -131,48 +114,19 @@ impl Network {
         for namespace in [client, router].into_iter().chain(backends) {
             quiet_sysctls(namespace)?;
         }
-        veth(client, "c0", router, "r0")?;
-        client.ip(&format!("addr add {CLIENT}/24 dev c0"))?;
-        client.ip(&format!("route add default via {ROUTER_ID}"))?;
-        // The short requests open a connection each: reuse ports in TIME_WAIT, and use many,
-        // below the ports the bursts bind to.
-        client.exec(&[
-            "sysctl",
-            "-qw",
-            "net.ipv4.tcp_tw_reuse=1",
-            &format!(
-                "net.ipv4.ip_local_port_range=1024 {}",
-                flows::BURST_PORTS.start() - 1
-            ),
-        ])?;
-        // Veth hands partially checksummed packets to its peer; a packet that a load balancer
-        // sends on through an XDP_TX tunnel must carry a complete checksum.
-        client.exec(&["ethtool", "-K", "c0", "tx", "off"])?;
-        router.ip(&format!("addr add {ROUTER_ID}/24 dev r0"))?;
+        // The local ports stop below the ports the bursts bind to.
+        link_client(client, router, flows::BURST_PORTS.start() - 1)?;
         // Hash each packet's 5-tuple, so that one client's flows spread over the next hops and
         // each stays on its node (and `ip route get` says which).
         netlab::bird::enable_ecmp(router)?;
-        for (index, backend) in backends.iter().enumerate() {
-            let port = format!("rb{}", index + 1);
-            veth(backend, BACKEND_INTERFACE, router, &port)?;
-            let subnet = 11 + index;
-            router.ip(&format!("addr add 10.100.{subnet}.1/24 dev {port}"))?;
-            backend.ip(&format!(
-                "addr add {}/24 dev {BACKEND_INTERFACE}",
-                backend_address(index)
-            ))?;
-            backend.ip(&format!("route add default via 10.100.{subnet}.1"))?;
-            // The decapsulated packet is addressed to the VIP: the backend must own it.
-            backend.ip(&format!("addr add {VIP}/32 dev lo"))?;
-        }
+        link_backends(router, backends, |index| format!("rb{}", index + 1))?;
         Ok(())
     }
 
     /// Load balancer `index`'s namespace, linked to the router (`l0` to `rl<index+1>`), with a
     /// default route through it (its probes reach the backends there).
     pub fn add_lb(&self, pid: u32, index: usize) -> Result<Namespace> {
-        let lb = Namespace::create_named(&namespace_name(&lb_name(index), pid))
-            .with_context(|| format!("creating the {} namespace", lb_name(index)))?;
+        let lb = create_namespace(&lb_name(index), pid)?;
         quiet_sysctls(&lb)?;
         let port = router_port(index);
         veth(&lb, LB_INTERFACE, &self.router, &port)?;
