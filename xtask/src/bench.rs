@@ -57,6 +57,11 @@ pub struct Arguments {
     /// --against, of both programs); no timing.
     #[arg(long)]
     pub jited: bool,
+    /// Time only the data-plane scenarios whose names start with one of these (comma-separated
+    /// or repeated), and the floors they are measured against: for profiling one path
+    /// (`perf record` during the run) or a quicker comparison. All of them by default.
+    #[arg(long, value_delimiter = ',', value_name = "NAME")]
+    pub scenario: Vec<String>,
 }
 
 /// The benchmark's groups of scenarios, for `--only`.
@@ -91,7 +96,7 @@ impl Group {
 #[cfg(feature = "bench")]
 pub fn run(arguments: Arguments) -> Result<()> {
     let groups = if arguments.only.is_empty() { Group::ALL.to_vec() } else { arguments.only };
-    harness::run(harness::Options { json: arguments.json, groups: &groups, against: arguments.against.as_deref(), jited: arguments.jited })
+    harness::run(harness::Options { json: arguments.json, groups: &groups, against: arguments.against.as_deref(), jited: arguments.jited, scenarios: &arguments.scenario })
 }
 
 #[cfg(not(feature = "bench"))]
@@ -121,6 +126,9 @@ fn forwarded(arguments: &Arguments) -> Vec<String> {
     if arguments.jited {
         words.push("--jited".to_string());
     }
+    for name in &arguments.scenario {
+        words.push(format!("--scenario={name}"));
+    }
     words
 }
 
@@ -142,13 +150,14 @@ mod tests {
 
     #[test]
     fn every_argument_reaches_the_run_with_the_feature() {
-        let arguments = parse(&["--json", "--only", "dataplane", "--against", "HEAD~3", "--jited"]);
+        let arguments = parse(&["--json", "--only", "dataplane", "--against", "HEAD~3", "--jited", "--scenario", "v4_est,v6"]);
         let words = forwarded(&arguments);
-        assert_eq!(words, ["--json", "--only", "dataplane", "--against=HEAD~3", "--jited"]);
+        assert_eq!(words, ["--json", "--only", "dataplane", "--against=HEAD~3", "--jited", "--scenario=v4_est", "--scenario=v6"]);
         let again = parse(&words.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(again.against.as_deref(), Some("HEAD~3"));
         assert!(again.jited && again.json);
         assert_eq!(again.only, [Group::Dataplane]);
+        assert_eq!(again.scenario, ["v4_est", "v6"]);
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct Options<'a> {
     pub against: Option<&'a str>,
     /// Only the JIT counts, no timing.
     pub jited: bool,
+    /// Prefixes of the scenarios to time (the floors always are); empty: all.
+    pub scenarios: &'a [String],
 }
 
 #[derive(Clone, Copy)]
@@ -93,7 +95,7 @@ pub fn run(options: Options<'_>) -> Result<()> {
         print_jit(options.json, &counts);
         return Ok(());
     }
-    let Results { rows, counts, mut notes } = if dataplane_wanted { dataplane(cpu, against.as_ref(), sizes_only)? } else { Results::default() };
+    let Results { rows, counts, mut notes } = if dataplane_wanted { dataplane(cpu, against.as_ref(), sizes_only, options.scenarios)? } else { Results::default() };
     // After the data plane, whose lab is gone by then, so its numbers are taken as before.
     let mut control_rows = Vec::new();
     if options.groups.contains(&Group::Maglev) {
@@ -274,7 +276,7 @@ struct Results {
 }
 
 /// The data-plane scenarios: rows, JIT counts and notes.
-fn dataplane(cpu: usize, against: Option<&Revision>, sizes_only: usize) -> Result<Results> {
+fn dataplane(cpu: usize, against: Option<&Revision>, sizes_only: usize, wanted: &[String]) -> Result<Results> {
     let floor = raw::load_floor()?;
     let (mut lab, live_error) = match Lab::new() {
         Ok(lab) => (Some(lab), None),
@@ -288,10 +290,13 @@ fn dataplane(cpu: usize, against: Option<&Revision>, sizes_only: usize) -> Resul
         (_, 0..=1) => Err("this machine has one CPU"),
         _ => Ok([cpus - 2, cpus - 1]),
     };
-    let scenarios = scenarios(lb_mac, pair.is_ok())?;
+    let mut scenarios = scenarios(lb_mac, pair.is_ok())?;
     for subject in &mut subjects {
         track(&mut subject.balancer, &scenarios, cpu, pair.ok(), lb_mac).with_context(|| format!("the {} program", subject.name))?;
     }
+    // After tracking, which every scenario's first packet is part of.
+    scenarios.retain(|scenario| scenario.reason.is_none() || wanted.is_empty() || wanted.iter().any(|name| scenario.name.starts_with(name.as_str())));
+    ensure!(scenarios.iter().any(|scenario| scenario.reason.is_some()), "no data-plane scenario starts with {}", wanted.join(" or "));
 
     let live_method = if lab.is_some() { Method::Live } else { Method::Loop };
     let mut series: Vec<Series> = Vec::new();
