@@ -38,6 +38,15 @@
 //!    no group: the VIP's own `VIP_OWNED` bit decides, as it always did. Every service at one
 //!    VIP address carries the same group (the configuration requires it), and so does the
 //!    address entry, which answers for ICMP echo, ICMP errors and unusable packets at the address.
+//! 9. `VIP_INDEX` (an mmap-able array, vip id -> `VipIdentity`) names the service each id
+//!    stands for, so a tracked flow, which carries its VIP's id, finds its VIP without the
+//!    `VIPS` hash lookup. The state owner stores through its mapping, word by word, in this
+//!    order: an id's address words and flags while its service word is 0 (matching nothing),
+//!    then the service word, after its `VIPS` entry is written; a flags change is one store;
+//!    a removal stores 0 into the service word after the `VIPS` entry is gone, and the id is
+//!    given to another VIP only after a grace period (rule 4's wait). A reader loads the
+//!    service word first (x86 keeps loads in order, as it keeps stores), so it sees a whole
+//!    identity or a service word that matches no flow.
 
 /// Address family values in `family` fields.
 pub const FAMILY_IPV4: u8 = 4;
@@ -131,6 +140,28 @@ pub struct VipMeta {
 }
 const _: () = assert!(core::mem::size_of::<VipMeta>() == 16);
 
+/// Value of `VIP_INDEX`, indexed by vip id: the service that id stands for and its flags
+/// (contract rule 9). `service` is the `port`, `protocol` and `family` of its `VipKey` as one
+/// word ([`service_word`]); 0 while the id names no VIP (protocol 0 matches no flow).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VipIdentity {
+    pub service: u32,
+    /// `VipMeta::flags` of the VIP.
+    pub flags: u32,
+    /// `VipKey::address`.
+    pub address: [u32; 4],
+}
+const _: () = assert!(core::mem::size_of::<VipIdentity>() == 24);
+
+/// `VipKey`'s port (network order), protocol and family as the one word they occupy in memory
+/// (`VipKey` bytes 16..20), which is what `VipIdentity::service` holds.
+#[inline(always)]
+pub const fn service_word(port: u16, protocol: u8, family: u8) -> u32 {
+    let port = port.to_ne_bytes();
+    u32::from_ne_bytes([port[0], port[1], protocol, family])
+}
+
 /// Value of `BACKENDS`, indexed by backend id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -175,7 +206,10 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowValue {
     pub backend_id: u32,
-    pub _padding: u32,
+    /// The VIP the flow was placed for: its `VIP_INDEX` entry answers for an established flow
+    /// instead of a `VIPS` lookup (contract rule 9). Checked against the flow's destination, so
+    /// a stale or foreign id is only a missed shortcut.
+    pub vip_id: u32,
     /// `bpf_ktime_get_coarse_ns` when the flow was created or, for UDP, last refreshed
     /// (refreshed at most once per `FLOW_REFRESH_NS`).
     pub last_seen_ns: u64,
@@ -321,6 +355,7 @@ pub mod names {
     pub const MONITOR_RECORDS: &str = "MONITOR_RECORDS";
     pub const MONITOR_LOST: &str = "MONITOR_LOST";
     pub const OWNERSHIP: &str = "OWNERSHIP";
+    pub const VIP_INDEX: &str = "VIP_INDEX";
     pub const DECAP_VIPS: &str = "DECAP_VIPS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
 }
@@ -332,6 +367,7 @@ mod pod {
     // (the size assertions above pin the layouts).
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for VipIdentity {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
@@ -339,4 +375,19 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for LimiterState {}
     unsafe impl aya::Pod for Counter {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_word_is_the_keys_last_word() {
+        let key = VipKey { address: [0x0a00_0001, 0, 0, 0], port: 443u16.to_be(), protocol: PROTOCOL_TCP, family: FAMILY_IPV4 };
+        // SAFETY: VipKey is repr(C), 20 bytes, u32-aligned; its fifth word is bytes 16..20.
+        let word = unsafe { *(&key as *const VipKey as *const u32).add(4) };
+        assert_eq!(service_word(key.port, key.protocol, key.family), word);
+        assert_eq!(service_word(0, PROTOCOL_ADDRESS, 0), 0, "an empty identity matches no flow");
+        assert_ne!(service_word(0, PROTOCOL_TCP, FAMILY_IPV6), service_word(0, PROTOCOL_UDP, FAMILY_IPV6));
+    }
 }

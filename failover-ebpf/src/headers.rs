@@ -78,6 +78,10 @@ pub struct Ports {
     pub destination: u16,
 }
 
+/// Bits of TCP's flags byte (the header's 14th byte).
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
 /// The part of the TCP header the load balancer needs to see intact (20 bytes).
 #[repr(C)]
 pub struct TcpHeader {

@@ -145,6 +145,16 @@ pub struct L4 {
     pub destination_port: u16,
     pub icmp_type: u8,
     pub icmp_code: u8,
+    /// TCP's flags byte (`TCP_SYN`, `TCP_ACK`, ...); 0 for other protocols.
+    pub tcp_flags: u8,
+}
+
+impl L4 {
+    /// A TCP connection's first packet: SYN without ACK.
+    #[inline(always)]
+    pub fn opens_connection(&self) -> bool {
+        self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
 }
 
 /// Reads the transport header of VIP traffic. A header cut short is `Drop(DROP_MALFORMED)`;
@@ -153,13 +163,15 @@ pub struct L4 {
 pub fn l4(ctx: &XdpContext, l3: &L3) -> Result<L4, Verdict> {
     const MALFORMED: Verdict = Verdict::drop(stats::DROP_MALFORMED);
     let offset = l3.l4_offset();
-    let mut l4 = L4 { source_port: 0, destination_port: 0, icmp_type: 0, icmp_code: 0 };
+    let mut l4 = L4 { source_port: 0, destination_port: 0, icmp_type: 0, icmp_code: 0, tcp_flags: 0 };
     if l3.protocol == PROTOCOL_TCP {
         let tcp: *mut TcpHeader = at(ctx, offset).ok_or(MALFORMED)?;
         // SAFETY: checked by `at`.
         unsafe {
             l4.source_port = (*tcp).ports.source;
             l4.destination_port = (*tcp).ports.destination;
+            // Data offset in the first byte, the flags in the second.
+            l4.tcp_flags = (*tcp).offset_flags.to_ne_bytes()[1];
         }
         if offset + core::mem::size_of::<TcpHeader>() > l3.offset + l3.total_len {
             return Err(MALFORMED);

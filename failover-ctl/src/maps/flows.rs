@@ -5,70 +5,31 @@
 //! system call per bucket, and forgetting is one 4-byte store per way, which the data plane sees
 //! at once and which cannot undo a flow it placed meanwhile in another way of the bucket.
 
-use std::{
-    os::fd::{AsFd, AsRawFd},
-    ptr::{addr_of, addr_of_mut, read_volatile, write_volatile, NonNull},
-};
+use std::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
-use aya::maps::{Map, MapData};
+use aya::maps::Map;
 use failover_common::{
     hash,
     maps::{flow_tag, names, FlowBucket, FlowKey, FlowValue, FLOW_WAYS},
 };
 
-use super::{map_error, MapWriteError};
+use super::{mapping::Mapping, MapWriteError};
 
 pub struct FlowTable {
-    /// Kept for the map's lifetime guarantees; the mapping holds its own reference too.
-    _map: MapData,
-    base: NonNull<FlowBucket>,
-    buckets: u32,
-    mapped_len: usize,
+    buckets: Mapping<FlowBucket>,
 }
-
-// SAFETY: the mapping is owned by this value and only accessed through its methods; the data
-// plane's concurrent writes are part of the documented protocol (volatile accesses here).
-unsafe impl Send for FlowTable {}
-unsafe impl Sync for FlowTable {}
 
 impl FlowTable {
     pub(super) fn new(map: Map) -> Result<Self, MapWriteError> {
-        let Map::Array(map) = map else {
-            return Err(MapWriteError::Corrupt(format!("map {} is not an array", names::FLOWS)));
-        };
-        let info = map.info().map_err(map_error(names::FLOWS))?;
-        if info.value_size() as usize != size_of::<FlowBucket>() {
-            return Err(MapWriteError::Corrupt(format!(
-                "map {} holds {}-byte values, this program's buckets are {} bytes",
-                names::FLOWS,
-                info.value_size(),
-                size_of::<FlowBucket>()
-            )));
-        }
-        let buckets = info.max_entries();
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let mapped_len = (buckets as usize * size_of::<FlowBucket>()).div_ceil(page) * page;
-        let fd = map.fd().as_fd().as_raw_fd();
-        // SAFETY: a shared mapping of a BPF_F_MMAPABLE array, its length rounded to pages as the
-        // kernel requires; checked for MAP_FAILED below.
-        let pointer = unsafe { libc::mmap(std::ptr::null_mut(), mapped_len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
-        if pointer == libc::MAP_FAILED {
-            let error = std::io::Error::last_os_error();
-            return Err(MapWriteError::Corrupt(format!("mapping {} ({buckets} buckets): {error}", names::FLOWS)));
-        }
-        let base = NonNull::new(pointer.cast()).ok_or_else(|| MapWriteError::Corrupt(format!("mapping {}: null", names::FLOWS)))?;
-        Ok(Self { _map: map, base, buckets, mapped_len })
+        Ok(Self { buckets: Mapping::new(map, names::FLOWS)? })
     }
 
     fn bucket(&self, index: u32) -> *mut FlowBucket {
-        debug_assert!(index < self.buckets);
-        // SAFETY: `index` < buckets, so the pointer stays inside the mapping.
-        unsafe { self.base.as_ptr().add(index as usize) }
+        self.buckets.entry(index)
     }
 
     fn bucket_of(&self, key: &FlowKey) -> u32 {
-        hash::flow_key_hash(key, false) & (self.buckets.max(1) - 1)
+        hash::flow_key_hash(key, false) & (self.buckets.entries().max(1) - 1)
     }
 
     /// The occupied ways of bucket `index`: (way, key, value).
@@ -94,7 +55,7 @@ impl FlowTable {
 
     /// Every tracked flow.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>, MapWriteError> {
-        Ok((0..self.buckets).flat_map(|index| self.occupied(index).map(|(_, key, value)| (key, value))).collect())
+        Ok((0..self.buckets.entries()).flat_map(|index| self.occupied(index).map(|(_, key, value)| (key, value))).collect())
     }
 
     /// The entry of `key`, if tracked.
@@ -124,7 +85,7 @@ impl FlowTable {
     /// Forgets every tracked flow whose key `forget` picks; how many.
     pub fn forget_where(&mut self, forget: impl Fn(&FlowKey) -> bool) -> Result<usize, MapWriteError> {
         let mut total = 0;
-        for index in 0..self.buckets {
+        for index in 0..self.buckets.entries() {
             let ways: Vec<usize> = self.occupied(index).filter(|(_, key, _)| forget(key)).map(|(way, _, _)| way).collect();
             for way in ways {
                 self.clear(index, way);
@@ -132,12 +93,5 @@ impl FlowTable {
             }
         }
         Ok(total)
-    }
-}
-
-impl Drop for FlowTable {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was created in `new` with this length and is not used after drop.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.mapped_len) };
     }
 }

@@ -4,7 +4,9 @@
 
 mod address_entry;
 mod flows;
+mod mapping;
 mod publish;
+mod vip_index;
 
 use std::{
     collections::BTreeMap,
@@ -88,6 +90,10 @@ fn describe(key: &VipKey) -> String {
     format!("{address}:{}/{}", u16::from_be(key.port), key.protocol)
 }
 
+/// Maps the writer fills when the program has them and leaves out when it does not (the
+/// pins or object of an older release, whose program never reads them).
+pub const OPTIONAL_MAPS: &[&str] = &[names::VIP_INDEX];
+
 /// Typed handles on the writable maps plus the mirror of what was published.
 pub struct MapWriter {
     vips: HashMap<MapData, VipKey, VipMeta>,
@@ -96,6 +102,8 @@ pub struct MapWriter {
     health: Array<MapData, u32>,
     config: Array<MapData, Config>,
     config_active: Array<MapData, u32>,
+    /// `VIP_INDEX`; `None` for the pins of a program older than it (which never reads it).
+    index: Option<vip_index::VipIndex>,
     /// `FLOWS` buckets - 1, written into every published `Config`.
     flow_bucket_mask: u32,
     pool: TablePool,
@@ -129,6 +137,19 @@ impl MapSource<'_> {
                 Map::from_map_data(MapData::from_pin(&path).map_err(pinned)?).map_err(pinned)
             }
         }
+    }
+
+    /// A map that the programs of older releases do not have: `None` when this object or
+    /// these pins lack it.
+    fn optional_map(&mut self, name: &'static str) -> Result<Option<Map>, MapWriteError> {
+        let absent = match self {
+            Self::Object(ebpf) => ebpf.map(name).is_none(),
+            Self::Pinned(paths) => !paths.map(name).exists(),
+        };
+        if absent {
+            return Ok(None);
+        }
+        self.map(name).map(Some)
     }
 
     /// A typed handle; the conversion checks the map type and the key and value sizes.
@@ -203,6 +224,7 @@ impl MapWriter {
             health: source.typed(names::HEALTH)?,
             config: source.typed(names::CONFIG)?,
             config_active: source.typed(names::CONFIG_ACTIVE)?,
+            index: source.optional_map(names::VIP_INDEX)?.map(vip_index::VipIndex::new).transpose()?,
             pool,
             grace: GracePeriod::new().map_err(MapWriteError::Grace)?,
             grace_epoch: 0,
@@ -463,6 +485,16 @@ impl MapWriter {
             let wanted = u8::from(self.filter_counts.contains_key(&index));
             if self.filter.get(&index, 0).map_err(map_error(names::ADDRESS_FILTER))? != wanted {
                 self.filter.set(index, wanted, 0).map_err(map_error(names::ADDRESS_FILTER))?;
+            }
+        }
+
+        // The index names exactly the published VIPs (an interrupted change may have left an
+        // id naming a VIP that is gone, or not yet naming a new one).
+        let wanted: BTreeMap<u32, (VipKey, u32)> = self.published.iter().map(|(key, vip)| (vip.meta.vip_id, (*key, vip.meta.flags))).collect();
+        for id in 0..self.index.as_ref().map_or(0, vip_index::VipIndex::len) {
+            match wanted.get(&id) {
+                Some((key, flags)) => self.index_vip(id, key, *flags)?,
+                None => self.unindex_vip(id),
             }
         }
 

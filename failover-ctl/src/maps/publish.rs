@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use failover_common::maps::*;
 
-use super::{describe, map_error, MapWriteError, MapWriter, VipSettings};
+use super::{describe, map_error, vip_index::Found, MapWriteError, MapWriter, VipSettings};
 use crate::table_pool::Region;
 
 /// The region a VIP used before its active one.
@@ -197,6 +197,7 @@ impl MapWriter {
         // ([`MapWriter::reclaim`]), off the failover path.
         let previous = self.published.get(&key);
         let previous_flags = previous.map(|vip| vip.meta.flags);
+        let previous_id = previous.map(|vip| vip.meta.vip_id);
         let standby = previous.and_then(|vip| vip.standby.as_ref()).filter(|standby| standby.region.len == len);
         let standby_region = standby.map(|standby| standby.region);
         let mut reuse = standby.filter(|standby| standby.retired < self.grace_epoch).map(|standby| standby.region);
@@ -239,7 +240,12 @@ impl MapWriter {
             }
             return Err(MapWriteError::Map { name: names::VIPS, source });
         }
-        // Published. Bring the address entry and filter up to date, then the mirror.
+        // Published. The index follows (the VIP's id may have changed: the old one names
+        // nothing any more), then the address entry and filter, then the mirror.
+        if let Some(old) = previous_id.filter(|old| *old != settings.vip_id) {
+            self.unindex_vip(old);
+        }
+        self.index_vip(settings.vip_id, &key, settings.flags)?;
         self.address_changed(key.family, key.address, previous_flags, Some(settings.flags))?;
         let epoch = self.grace_epoch;
         match self.published.get_mut(&key) {
@@ -268,8 +274,9 @@ impl MapWriter {
         let Some(vip) = self.published.get(&key) else {
             return Err(MapWriteError::Vip(describe(&key), "is not published".into()));
         };
-        let flags = vip.meta.flags;
+        let (flags, vip_id) = (vip.meta.flags, vip.meta.vip_id);
         self.vips.remove(&key).map_err(map_error(names::VIPS))?;
+        self.unindex_vip(vip_id);
         let Some(vip) = self.published.remove(&key) else { return Ok(()) };
         self.address_changed(key.family, key.address, Some(flags), None)?;
         self.wait_grace()?;
@@ -278,6 +285,31 @@ impl MapWriter {
             self.pool.release(standby.region);
         }
         Ok(())
+    }
+
+    /// Makes `VIP_INDEX` name `key` at `vip_id` (contract rule 9): if the id still names another
+    /// service, it is cleared and a grace period passes first.
+    pub(super) fn index_vip(&mut self, vip_id: u32, key: &VipKey, flags: u32) -> Result<(), MapWriteError> {
+        let Some(index) = self.index.as_mut() else { return Ok(()) };
+        if vip_id >= index.len() {
+            return Err(MapWriteError::Vip(describe(key), format!("vip id {vip_id} is beyond {}'s {} entries", names::VIP_INDEX, index.len())));
+        }
+        if index.set(vip_id, key, flags) == Found::Written {
+            return Ok(());
+        }
+        index.clear(vip_id);
+        self.wait_grace()?;
+        match self.index.as_mut().map(|index| index.set(vip_id, key, flags)) {
+            Some(Found::Other) => Err(MapWriteError::Corrupt(format!("{} entry {vip_id} changed under the writer", names::VIP_INDEX))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes `vip_id` name no VIP in `VIP_INDEX`.
+    pub(super) fn unindex_vip(&mut self, vip_id: u32) {
+        if let Some(index) = self.index.as_mut().filter(|index| vip_id < index.len()) {
+            index.clear(vip_id);
+        }
     }
 
     /// Frees the regions retired before the last grace period.

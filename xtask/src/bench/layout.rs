@@ -7,6 +7,7 @@
 use anyhow::{bail, Context as _, Result};
 use aya_obj::{Map, Object};
 use failover_common::maps::names;
+use failover_ctl::maps::OPTIONAL_MAPS;
 
 use super::btf::Btf;
 
@@ -25,14 +26,18 @@ pub struct MapShape {
     pub value_layout: Option<String>,
 }
 
-/// The maps of an object, by name; the program's own data sections (`.rodata`, `.bss`) are
-/// not written by the control plane and are left out.
+/// Maps that only the program itself reads and writes (per-CPU scratch space): each program
+/// may lay them out as it likes.
+const PRIVATE_MAPS: &[&str] = &["SCRATCH"];
+
+/// The maps of an object, by name; the program's own data sections (`.rodata`, `.bss`) and
+/// private maps are not touched by the control plane and are left out.
 pub fn shapes(object: &[u8]) -> Result<Vec<MapShape>> {
     let object = Object::parse(object).context("parsing the eBPF object")?;
     let btf = object.btf.as_ref().map(|btf| Btf::parse(&btf.to_bytes())).transpose().context("reading the object's BTF")?;
     let mut shapes = Vec::new();
     for (name, map) in &object.maps {
-        if name.starts_with('.') {
+        if name.starts_with('.') || PRIVATE_MAPS.contains(&name.as_str()) {
             continue;
         }
         let (key_layout, value_layout) = match (map, &btf) {
@@ -63,7 +68,10 @@ pub fn differences(current: &[MapShape], against: &[MapShape]) -> Vec<String> {
     let mut found = Vec::new();
     for map in current {
         let Some(other) = against.iter().find(|other| other.name == map.name) else {
-            found.push(format!("map {} exists only in this tree", map.name));
+            // The writer leaves out what an older program does not have.
+            if !OPTIONAL_MAPS.contains(&map.name.as_str()) {
+                found.push(format!("map {} exists only in this tree", map.name));
+            }
             continue;
         };
         let mut field = |what: &str, this: String, that: String| {
@@ -81,7 +89,9 @@ pub fn differences(current: &[MapShape], against: &[MapShape]) -> Vec<String> {
             field("key layout", format!("`{this}`"), format!("`{that}`"));
         }
         if let (Some(this), Some(that)) = (&map.value_layout, &other.value_layout) {
-            field("value layout", format!("`{this}`"), format!("`{that}`"));
+            if !uses_padding_of(this, that) {
+                field("value layout", format!("`{this}`"), format!("`{that}`"));
+            }
         }
     }
     for other in against {
@@ -90,6 +100,20 @@ pub fn differences(current: &[MapShape], against: &[MapShape]) -> Vec<String> {
         }
     }
     found
+}
+
+/// Whether layout `this` is `that` with fields that `that` calls padding (`_padding...`)
+/// given a use: the same bytes, which the other program never reads, so this tree's writer and
+/// data plane may fill them.
+fn uses_padding_of(this: &str, that: &str) -> bool {
+    let (this, that): (Vec<&str>, Vec<&str>) = (this.split_whitespace().collect(), that.split_whitespace().collect());
+    this.len() == that.len()
+        && this.iter().zip(&that).all(|(here, there)| {
+            here == there
+                || there.split_once('@').is_some_and(|(name, offset)| {
+                    name.starts_with("_padding") && here.split_once('@').is_some_and(|(_, here_offset)| here_offset == offset)
+                })
+        })
 }
 
 /// Refuses, naming every difference, unless `against`'s maps are laid out as `current`'s.
@@ -138,6 +162,19 @@ mod tests {
         assert!(found[0].starts_with("map CONFIG: value layout"), "{found:?}");
         assert_eq!(found[1], "map OWNERSHIP exists only in this tree");
         assert_eq!(found[2], "map OLD exists only in the other revision");
+    }
+
+    #[test]
+    fn padding_given_a_use_and_optional_maps_are_no_difference() {
+        let current = [shape("FLOWS", 8, "struct/8 { id@0 u32/4, vip_id@32 u32/4, }"), shape(names::VIP_INDEX, 4, "u32/4")];
+        let against = [shape("FLOWS", 8, "struct/8 { id@0 u32/4, _padding@32 u32/4, }")];
+        assert!(differences(&current, &against).is_empty());
+        // The other way round is a difference: that program reads what this one calls padding.
+        let found = differences(&against, &current[..1]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        // And so is a field at another offset.
+        let moved = [shape("FLOWS", 8, "struct/8 { id@0 u32/4, vip_id@0 u32/4, }")];
+        assert_eq!(differences(&moved, &against).len(), 1);
     }
 
     #[test]

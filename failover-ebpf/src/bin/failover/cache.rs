@@ -72,6 +72,12 @@ fn find_way(bucket: *mut FlowBucket, key: &FlowKey, tag: u32) -> u32 {
 }
 
 impl Slot {
+    /// The VIP the flow was placed for (check it: `vip::indexed`).
+    pub fn vip_id(&self) -> u32 {
+        // SAFETY: see `find`.
+        unsafe { read_volatile(addr_of!((*self.bucket).entries[self.way & (FLOW_WAYS - 1)].value.vip_id)) }
+    }
+
     pub fn backend_id(&self) -> u32 {
         // SAFETY: see `find`.
         unsafe { read_volatile(addr_of!((*self.bucket).entries[self.way & (FLOW_WAYS - 1)].value.backend_id)) }
@@ -106,17 +112,22 @@ impl Slot {
 /// empty way, else the way idle longest if it has been idle `FLOW_EVICT_IDLE_NS`. False when
 /// every way holds a flow seen more recently than that: the new flow stays untracked.
 #[inline(always)]
-pub fn place(bucket: *mut FlowBucket, key: &FlowKey, hash: u32, own: u32, backend_id: u32, now: u64) -> bool {
-    place_in(bucket, key, u64::from(flow_tag(hash)) | (u64::from(own) << 32), backend_id, now)
+pub fn place(bucket: *mut FlowBucket, key: &FlowKey, hash: u32, own: u32, vip_id: u32, backend_id: u32, now: u64) -> bool {
+    let ids = u64::from(backend_id) | (u64::from(vip_id) << 32);
+    place_in(bucket, key, u64::from(flow_tag(hash)) | (u64::from(own) << 32), ids, now)
 }
 
 /// [`place`]'s choice and writes, with the flow's own way (or `FLOW_WAYS`) already found and
-/// packed above its tag: five arguments at most, and a loop over the bucket's first line only,
+/// packed above its tag and the VIP id above the backend id: five arguments at most, and a loop over the bucket's first line only,
 /// which keeps this function's frame, the last of the service path's call chain, small.
 #[inline(never)]
-fn place_in(bucket: *mut FlowBucket, key: &FlowKey, tag_and_own: u64, backend_id: u32, now: u64) -> bool {
+fn place_in(bucket: *mut FlowBucket, key: &FlowKey, tag_and_own: u64, ids: u64, now: u64) -> bool {
     let tag = tag_and_own as u32;
+    // Loaded as a value of its own: compiled as a compare of the packed word, the bound below
+    // would not reach the register the verifier checks the store's index in.
     let own = (tag_and_own >> 32) as usize;
+    // SAFETY: a local.
+    let own = unsafe { read_volatile(&own) };
     let now_units = units(now);
     let mut empty = FLOW_WAYS;
     let mut idle_way = FLOW_WAYS;
@@ -156,7 +167,8 @@ fn place_in(bucket: *mut FlowBucket, key: &FlowKey, tag_and_own: u64, backend_id
         for word in 0..(core::mem::size_of::<FlowKey>() / 4) {
             write_volatile(target.add(word), *source.add(word));
         }
-        write_volatile(addr_of_mut!((*entry).value.backend_id), backend_id);
+        write_volatile(addr_of_mut!((*entry).value.backend_id), ids as u32);
+        write_volatile(addr_of_mut!((*entry).value.vip_id), (ids >> 32) as u32);
         write_volatile(addr_of_mut!((*entry).value.last_seen_ns), now);
         write_volatile(addr_of_mut!((*bucket).seen[way]), now_units);
         write_volatile(addr_of_mut!((*bucket).tags[way]), tag);

@@ -21,7 +21,7 @@ use crate::{
     icmp,
     maps::*,
     stats as count,
-    vip::{lookup_vip, may_be_vip_address, owns, unusable},
+    vip::{indexed, lookup_vip, may_be_vip_address, owns, unusable},
 };
 
 /// Handles one packet.
@@ -61,6 +61,7 @@ fn vip_traffic(ctx: &XdpContext, l3: &L3) -> Verdict {
     };
     // SAFETY: this CPU's scratch entry; this program is not preempted and nothing else uses it.
     let routed = unsafe { &mut *routed };
+    let config = config();
     let mut track = true;
     if is_icmp(l3) {
         let verdict = icmp::handle(ctx, l3, &l4, routed);
@@ -68,6 +69,8 @@ fn vip_traffic(ctx: &XdpContext, l3: &L3) -> Verdict {
             return verdict;
         }
         track = false;
+        find_flow(routed, config);
+        routed.indexed = 0;
     } else {
         // Only TCP and UDP have services. Any other protocol must not reach the VIP lookup: an
         // IPv4 protocol 0 (HOPOPT) would match the address entry (`PROTOCOL_ADDRESS`), which has
@@ -75,21 +78,56 @@ fn vip_traffic(ctx: &XdpContext, l3: &L3) -> Verdict {
         if l3.protocol != PROTOCOL_TCP && l3.protocol != PROTOCOL_UDP {
             return Verdict::pass(stats::PASS_NOT_VIP);
         }
-        let Some(meta) = lookup_vip(l3.family, &l3.destination, l4.destination_port, l3.protocol) else {
-            return Verdict::pass(stats::PASS_NOT_VIP);
-        };
-        routed.meta = meta;
         routed.key = flow_key(l3, &l4);
+        routed.indexed = 0;
+        // A connection's first packet needs its VIP's table: `VIPS` first, as before any flow
+        // existed, so the bucket's cache miss overlaps the table lookups after it.
+        let opening = l4.opens_connection();
+        if opening {
+            let Some(meta) = lookup_vip(l3.family, &l3.destination, l4.destination_port, l3.protocol) else {
+                return Verdict::pass(stats::PASS_NOT_VIP);
+            };
+            routed.meta = meta;
+        }
+        let bucket = find_flow(routed, config);
+        if !opening {
+            // A tracked flow names its VIP: one array load checks it, where `VIPS` costs a hash
+            // of the key and a helper call. Anything else asks `VIPS`.
+            let slot = bucket.and_then(|bucket| cache::slot(bucket, routed.way));
+            match slot.and_then(|slot| indexed(slot.vip_id(), &routed.key)) {
+                Some(meta) => {
+                    routed.meta = meta;
+                    routed.indexed = 1;
+                }
+                None => {
+                    let Some(meta) = lookup_vip(l3.family, &l3.destination, l4.destination_port, l3.protocol) else {
+                        return Verdict::pass(stats::PASS_NOT_VIP);
+                    };
+                    routed.meta = meta;
+                }
+            }
+        }
     }
     // From here on the scratch entry holds this packet's flow: the monitor may read it.
-    forward_routed(ctx, l3, routed, track).routed()
+    forward_routed(ctx, l3, routed, config, track).routed()
+}
+
+/// Hashes the flow in `routed` and finds its way in its bucket (`FLOW_WAYS`: not tracked, or
+/// no configuration yet); returns the bucket.
+#[inline(always)]
+fn find_flow(routed: &mut Routed, config: Option<&Config>) -> Option<*mut FlowBucket> {
+    routed.hash = hash::flow_key_hash(&routed.key, false);
+    routed.way = FLOW_WAYS as u32;
+    let bucket = cache::bucket(routed.hash, config?)?;
+    routed.way = cache::find(bucket, &routed.key, routed.hash);
+    Some(bucket)
 }
 
 /// Forwards the flow in `routed` and resolves the service path's continuations; the verdict
 /// keeps the backend detail `service` noted.
 #[inline(always)]
-fn forward_routed(ctx: &XdpContext, l3: &L3, routed: &Routed, track: bool) -> Verdict {
-    let verdict = service(ctx, l3, &routed.meta, &routed.key, track);
+fn forward_routed(ctx: &XdpContext, l3: &L3, routed: &Routed, config: Option<&Config>, track: bool) -> Verdict {
+    let verdict = service(ctx, l3, routed, config, track);
     if let Some(mtu) = verdict.too_big_mtu() {
         // Never an ICMP error about an ICMP error (RFC 1122 §3.2.2, RFC 4443 §2.4 e).
         if !track {
@@ -116,24 +154,21 @@ fn is_icmp(l3: &L3) -> bool {
 /// Its own BPF function: shared by the service and ICMP-error paths, and its stack frame is
 /// not added to the parser's.
 #[inline(never)]
-pub fn service(ctx: &XdpContext, l3: &L3, meta: &VipMeta, key: &FlowKey, track: bool) -> Verdict {
+pub fn service(ctx: &XdpContext, l3: &L3, routed: &Routed, config: Option<&Config>, track: bool) -> Verdict {
+    let (meta, key) = (&routed.meta, &routed.key);
     if !owns(meta) {
         return Verdict::pass(stats::PASS_NOT_OWNED);
     }
-    let Some(config) = config() else {
+    let Some(config) = config else {
         return Verdict::drop(stats::DROP_NOT_CONFIGURED);
     };
     let tracking = meta.flags & VIP_NO_FLOW_TRACKING == 0;
-    // The 5-tuple's hash names the flow's bucket in the cache and, unless the VIP hashes the
-    // source alone, its table slot.
-    let flow_hash = hash::flow_key_hash(key, false);
+    let flow_hash = routed.hash;
     let bucket = if tracking { cache::bucket(flow_hash, config) } else { None };
-    // The flow's way in its bucket (`FLOW_WAYS`: not tracked), found once for the lookup and
-    // for the insert of a re-chosen flow.
-    let mut own = FLOW_WAYS as u32;
+    // The flow's way, found once for the lookup and for the insert of a re-chosen flow.
+    let own = if tracking { routed.way } else { FLOW_WAYS as u32 };
     let mut choice = None;
     if let Some(bucket) = bucket {
-        own = cache::find(bucket, key, flow_hash);
         if let Some(slot) = cache::slot(bucket, own) {
             choice = tracked(meta, key, &slot, config);
         }
@@ -142,11 +177,11 @@ pub fn service(ctx: &XdpContext, l3: &L3, meta: &VipMeta, key: &FlowKey, track: 
         Some(choice) => (choice, FLOW_TRACKED),
         None => {
             let hash = if meta.flags & VIP_HASH_SOURCE_ONLY != 0 { hash::source_hash(&key.source) } else { flow_hash };
-            match from_table(meta, hash) {
+            match choose(routed, hash) {
                 Some(choice) => {
                     let mut flow = FLOW_UNTRACKED;
                     if let (true, Some(bucket)) = (track, bucket) {
-                        flow = remember(key, bucket, flow_hash, own, choice.0, config);
+                        flow = remember(key, bucket, flow_hash, own, meta.vip_id, choice.0, config);
                     }
                     (choice, flow)
                 }
@@ -164,6 +199,19 @@ pub fn service(ctx: &XdpContext, l3: &L3, meta: &VipMeta, key: &FlowKey, track: 
         count::forwarded(meta.vip_id, backend_id, l3.total_len);
     }
     verdict.with_backend(backend_id, flow)
+}
+
+/// A backend for a flow the cache does not answer for, from its VIP's table. A VIP found
+/// through its index (`Routed::indexed`) has no table in hand: `VIPS` gives it now, and the VIP
+/// it gives is the one this packet is addressed to (its id, the counters', may differ only if
+/// the service was replaced meanwhile).
+#[inline(always)]
+fn choose(routed: &Routed, hash: u32) -> Option<(u32, Backend)> {
+    if routed.indexed == 0 {
+        return from_table(&routed.meta, hash);
+    }
+    let key = &routed.key;
+    from_table(&lookup_vip(key.family, &key.destination, key.destination_port, key.protocol)?, hash)
 }
 
 /// The live configuration slot.
@@ -263,9 +311,10 @@ fn probe_table(offset: u32, size: u32, vip_id: u32, hash: u32) -> u64 {
 /// every way of its bucket holds a recently active flow (which a new one never evicts).
 /// Returns `FLOW_NEW`, or `FLOW_UNTRACKED` when the limiter or the cache refused the entry.
 #[inline(always)]
-fn remember(key: &FlowKey, bucket: *mut FlowBucket, hash: u32, own: u32, backend_id: u32, config: &Config) -> u8 {
+#[allow(clippy::too_many_arguments, reason = "inlined at its one call site; a struct would only rename them")]
+fn remember(key: &FlowKey, bucket: *mut FlowBucket, hash: u32, own: u32, vip_id: u32, backend_id: u32, config: &Config) -> u8 {
     let now = now_ns();
-    if !insert_allowed(config, now) || !cache::place(bucket, key, hash, own, backend_id, now) {
+    if !insert_allowed(config, now) || !cache::place(bucket, key, hash, own, vip_id, backend_id, now) {
         count::reason(stats::EVENT_FLOW_NOT_TRACKED, 0);
         return FLOW_UNTRACKED;
     }

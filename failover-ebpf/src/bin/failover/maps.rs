@@ -36,6 +36,12 @@ pub static ADDRESS_FILTER: Array<u8, { ADDRESS_FILTER_SLOTS as usize }> = Array:
 #[btf_map]
 pub static OWNERSHIP: Array<u32, { MAX_GROUPS as usize }> = Array::new();
 
+/// vip id -> the service it stands for and its flags (contract rule 9): how an established
+/// flow, whose entry carries its VIP's id, is checked without the `VIPS` hash lookup (an
+/// inlined array load). Controller writes, through its mapping, in the documented order.
+#[btf_map]
+pub static VIP_INDEX: Array<VipIdentity, { MAX_VIPS as usize }, { BPF_F_MMAPABLE as usize }> = Array::new();
+
 /// backend id -> tunnel address, family, owning VIP. Controller writes, before any table names
 /// the id.
 #[btf_map]

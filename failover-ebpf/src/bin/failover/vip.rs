@@ -2,10 +2,12 @@
 //! `VIPS`, and what to do with an unusable packet depending on the answer. Used by the service
 //! path (`lb`) and the ICMP path (`icmp`) alike.
 
+use core::ptr::{addr_of, read_volatile};
+
 use failover_common::{hash, maps::*, stats};
 use failover_ebpf::{parse::L3, verdict::Verdict};
 
-use crate::maps::{ADDRESS_FILTER, OWNERSHIP, VIPS};
+use crate::maps::{ADDRESS_FILTER, OWNERSHIP, VIPS, VIP_INDEX};
 
 /// The cheap pre-check: one inlined array load.
 #[inline(always)]
@@ -36,6 +38,30 @@ pub fn lookup_vip(family: u8, address: &[u32; 4], port: u16, protocol: u8) -> Op
     key.port = 0;
     // SAFETY: copied out at once.
     VIPS.get_ptr(key).map(|meta| unsafe { *meta })
+}
+
+/// The VIP `vip_id` as `VIP_INDEX` has it, if that is the very service `key` is addressed to:
+/// same address, port, protocol and family (an all-ports VIP only for port 0, so a flow to
+/// another port always asks `VIPS`, where a VIP of its own port would win). Its meta has no
+/// table (see `Routed::indexed`).
+#[inline(always)]
+pub fn indexed(vip_id: u32, key: &FlowKey) -> Option<VipMeta> {
+    let entry = VIP_INDEX.get_ptr(vip_id)?;
+    // SAFETY: an array element, valid for this program run. The service word is loaded first
+    // (contract rule 9): when it matches, the rest is the same identity's.
+    unsafe {
+        if read_volatile(addr_of!((*entry).service)) != service_word(key.destination_port, key.protocol, key.family) {
+            return None;
+        }
+        let address = addr_of!((*entry).address) as *const u32;
+        for word in 0..4 {
+            if read_volatile(address.add(word)) != key.destination[word] {
+                return None;
+            }
+        }
+        let flags = read_volatile(addr_of!((*entry).flags));
+        Some(VipMeta { vip_id, flags, table_offset: 0, table_size: 0 })
+    }
 }
 
 /// Whether this node serves the VIP (service or address entry) `meta`: a VIP without a group
