@@ -10,18 +10,36 @@ use std::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use aya::maps::Map;
 use failover_common::{
     hash,
-    maps::{flow_tag, names, FlowBucket, FlowKey, FlowValue, FLOW_WAYS},
+    maps::{names, FlowBucket, FlowKey, FlowValue, FLOW_WAYS},
 };
 
 use super::{mapping::Mapping, MapWriteError};
 
 pub struct FlowTable {
     buckets: Mapping<FlowBucket>,
+    /// Whether the program places flows by this controller's `hash::flow_key_hash`; if not
+    /// (the pins of an older release), a flow is looked for in every bucket.
+    hashes_alike: bool,
 }
 
 impl FlowTable {
-    pub(super) fn new(map: Map) -> Result<Self, MapWriteError> {
-        Ok(Self { buckets: Mapping::new(map, names::FLOWS)? })
+    pub(super) fn new(map: Map, hashes_alike: bool) -> Result<Self, MapWriteError> {
+        Ok(Self { buckets: Mapping::new(map, names::FLOWS)?, hashes_alike })
+    }
+
+    pub(super) fn hashes_alike(&self) -> bool {
+        self.hashes_alike
+    }
+
+    /// The buckets that may hold `key`: its own, or all of them when the program hashes
+    /// otherwise.
+    fn buckets_of(&self, key: &FlowKey) -> std::ops::Range<u32> {
+        if self.hashes_alike {
+            let index = self.bucket_of(key);
+            index..index + 1
+        } else {
+            0..self.buckets.entries()
+        }
     }
 
     fn bucket(&self, index: u32) -> *mut FlowBucket {
@@ -60,24 +78,21 @@ impl FlowTable {
 
     /// The entry of `key`, if tracked.
     pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
-        let index = self.bucket_of(key);
-        let tag = flow_tag(hash::flow_key_hash(key, false));
-        let bucket = self.bucket(index);
-        self.occupied(index)
-            // SAFETY: inside the mapping.
-            .find(|(way, stored, _)| unsafe { read_volatile(addr_of!((*bucket).tags[*way])) } == tag && stored == key)
-            .map(|(_, _, value)| value)
+        self.buckets_of(key).find_map(|index| self.occupied(index).find(|(_, stored, _)| stored == key).map(|(_, _, value)| value))
     }
 
     /// Forgets a tracked flow; an error if it is not tracked.
     pub fn forget(&mut self, key: &FlowKey) -> Result<(), MapWriteError> {
-        let index = self.bucket_of(key);
-        let ways: Vec<usize> = self.occupied(index).filter(|(_, stored, _)| stored == key).map(|(way, _, _)| way).collect();
-        if ways.is_empty() {
-            return Err(MapWriteError::Corrupt(format!("{}: the flow {key:?} is not tracked", names::FLOWS)));
+        let mut found = false;
+        for index in self.buckets_of(key) {
+            let ways: Vec<usize> = self.occupied(index).filter(|(_, stored, _)| stored == key).map(|(way, _, _)| way).collect();
+            for way in ways {
+                self.clear(index, way);
+                found = true;
+            }
         }
-        for way in ways {
-            self.clear(index, way);
+        if !found {
+            return Err(MapWriteError::Corrupt(format!("{}: the flow {key:?} is not tracked", names::FLOWS)));
         }
         Ok(())
     }

@@ -142,14 +142,18 @@ impl MapSource<'_> {
     /// A map that the programs of older releases do not have: `None` when this object or
     /// these pins lack it.
     fn optional_map(&mut self, name: &'static str) -> Result<Option<Map>, MapWriteError> {
-        let absent = match self {
-            Self::Object(ebpf) => ebpf.map(name).is_none(),
-            Self::Pinned(paths) => !paths.map(name).exists(),
-        };
-        if absent {
+        if !self.has(name) {
             return Ok(None);
         }
         self.map(name).map(Some)
+    }
+
+    /// Whether the object or the pins have map `name` (without taking it).
+    fn has(&self, name: &'static str) -> bool {
+        match self {
+            Self::Object(ebpf) => ebpf.map(name).is_some(),
+            Self::Pinned(paths) => paths.map(name).exists(),
+        }
     }
 
     /// A typed handle; the conversion checks the map type and the key and value sizes.
@@ -551,7 +555,8 @@ impl Counters {
             reasons: source.typed(names::REASON_STATS)?,
             vips: source.typed(names::VIP_STATS)?,
             backends: source.typed(names::BACKEND_STATS)?,
-            flows: flows::FlowTable::new(source.map(names::FLOWS)?)?,
+            // A program without `VIP_INDEX` is older than the flow hash (both came at once).
+            flows: flows::FlowTable::new(source.map(names::FLOWS)?, source.has(names::VIP_INDEX))?,
         })
     }
 
@@ -577,6 +582,12 @@ impl Counters {
         self.flows.flow(key)
     }
 
+    /// Whether the program hashes flows as this controller does (false for the pins of a
+    /// release older than the current flow hash: its slot choices cannot be predicted here).
+    pub fn hashes_alike(&self) -> bool {
+        self.flows.hashes_alike()
+    }
+
     /// Forgets a tracked flow.
     pub fn forget_flow(&mut self, key: &FlowKey) -> Result<(), MapWriteError> {
         self.flows.forget(key)
@@ -586,6 +597,12 @@ impl Counters {
     /// removed.
     pub fn forget_flows_to(&mut self, destination: IpAddr) -> Result<usize, MapWriteError> {
         let (words, family) = crate::address::to_words(destination);
-        self.flows.forget_where(|key| key.destination == words && key.family == family)
+        self.forget_flows_where(|key| key.destination == words && key.family == family)
+    }
+
+    /// Forgets every tracked flow whose key `forget` picks, by a scan of every bucket (so it
+    /// needs no flow hash: it works on a program that hashes otherwise); how many.
+    pub fn forget_flows_where(&mut self, forget: impl Fn(&FlowKey) -> bool) -> Result<usize, MapWriteError> {
+        self.flows.forget_where(forget)
     }
 }

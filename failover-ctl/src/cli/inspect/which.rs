@@ -186,6 +186,12 @@ pub fn which(target: &Target, source: SocketAddr, destination: SocketAddr, proto
 
     // What the maps say, before the run.
     let mut counters = Counters::open_pinned(paths).context("opening the flow table")?;
+    if !counters.hashes_alike() {
+        eprintln!(
+            "note: the pinned data plane is older than this failover-ctl's flow hash, so the slot predicted below is not the one it picks; \
+             its own answer (the test run) is. To run the new data plane: stop the daemon, `failover-ctl teardown`, start it again."
+        );
+    }
     let before = counters.flow(&key);
     let now = monotonic_ns();
     let tracking = found.is_some_and(|(_, meta)| meta.flags & VIP_NO_FLOW_TRACKING == 0);
