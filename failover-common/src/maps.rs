@@ -244,11 +244,20 @@ pub struct FlowBucket {
     /// Per way: [`flow_tag`] of the flow's hash, 0 = empty.
     pub tags: [u32; FLOW_WAYS],
     /// Per way: when the flow was last seen, in units of `1 << FLOW_SEEN_SHIFT` ns of the coarse
-    /// clock, wrapping (refreshed at most once per `FLOW_REFRESH_NS`). What replacement reads.
+    /// clock, wrapping, or `FLOW_SEEN_RECENTLY`. What replacement reads. A UDP packet writes
+    /// the time (at most once per `FLOW_REFRESH_NS`: its expiry reads the clock anyway); a TCP
+    /// packet writes `FLOW_SEEN_RECENTLY` unless it is there already, without a clock read, and
+    /// the next insert into the bucket that looks at the way turns it into its own time.
     pub seen: [u32; FLOW_WAYS],
     pub entries: [FlowEntry; FLOW_WAYS],
 }
 const _: () = assert!(core::mem::size_of::<FlowBucket>() == 64 * (1 + FLOW_WAYS));
+
+/// `FlowBucket::seen`: a packet came since an insert last looked at the way. Replacement
+/// reads it as "seen now", so a flow is never older than it looks: an idle one at most looks
+/// younger, until the first insert after its last packet (then it ages from that insert's
+/// time). A time that happens to equal it reads the same way.
+pub const FLOW_SEEN_RECENTLY: u32 = u32::MAX;
 
 /// `FlowBucket::seen` units: 2^20 ns, about a millisecond; a u32 wraps after 52 days.
 pub const FLOW_SEEN_SHIFT: u32 = 20;

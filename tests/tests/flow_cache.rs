@@ -134,3 +134,60 @@ fn a_flood_of_new_flows_never_evicts_an_active_flow() {
     }
     eprintln!("flood of {} new flows into {slots} ways: {refused} forwarded untracked, {tracked} tracked, 500 established kept, in {flood_took:?}", 2 * slots);
 }
+
+#[test]
+fn a_flood_evicts_flows_gone_silent_and_keeps_those_still_sending() {
+    if !root() {
+        return;
+    }
+    let mut harness = Harness::new();
+    harness.dataplane.writer.set_config(&Config { flow_insert_cost_ns: 0, flow_insert_burst_ns: 0, ..standard_config() }).unwrap();
+    let backends: Vec<IpAddr> = (1..=4).map(backend4).collect();
+    for (n, address) in backends.iter().enumerate() {
+        harness.backend(10 + n as u32, 1, *address, HEALTH_UP);
+    }
+    let table: Vec<u32> = (0..251).map(|slot| 10 + slot % 4).collect();
+    harness.vip(IpAddr::V4(VIP4), 80, PROTOCOL_TCP, 1, VIP_OWNED, &table);
+    // The same backends serve UDP (memberships of VIP 2).
+    for (n, address) in backends.iter().enumerate() {
+        harness.backend(20 + n as u32, 2, *address, HEALTH_UP);
+    }
+    let table: Vec<u32> = (0..251).map(|slot| 20 + slot % 4).collect();
+    harness.vip(IpAddr::V4(VIP4), 80, PROTOCOL_UDP, 2, VIP_OWNED, &table);
+    let (client, vip) = (IpAddr::V4(CLIENT4), IpAddr::V4(VIP4));
+    let slots = flow_buckets(4096) as usize * FLOW_WAYS;
+
+    // 1000 flows (TCP and UDP): the even ones keep sending every 200 ms for longer than the
+    // eviction threshold, the odd ones go silent after their first packet.
+    let opened: Vec<(u16, Transport, IpAddr)> = (0..1000u16)
+        .map(|n| {
+            let transport = if n % 4 < 2 { Transport::TcpSyn } else { Transport::Udp };
+            (1000 + n, transport, forward(&harness, client, vip, 1000 + n, transport))
+        })
+        .collect();
+    let later = |transport| if matches!(transport, Transport::TcpSyn) { Transport::TcpAck } else { Transport::Udp };
+    let started = Instant::now();
+    let threshold = Duration::from_nanos(FLOW_EVICT_IDLE_NS);
+    while started.elapsed() < threshold + Duration::from_millis(500) {
+        for (port, transport, backend) in opened.iter().step_by(2) {
+            assert_eq!(forward(&harness, client, vip, *port, later(*transport)), *backend, "port {port}: its backend");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A flood of twice as many new flows as the cache has ways.
+    for n in 0..(2 * slots) as u32 {
+        let source = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+        forward(&harness, source, vip, 20000 + (n % 1000) as u16, Transport::TcpSyn);
+    }
+    let protocol = |transport| if matches!(transport, Transport::Udp) { PROTOCOL_UDP } else { PROTOCOL_TCP };
+    let tracked = |port: u16, transport| harness.dataplane.counters.flow(&flow_key(client, vip, protocol(transport), (port, 80))).is_some();
+    let active_kept = opened.iter().step_by(2).filter(|(port, transport, _)| tracked(*port, *transport)).count();
+    let silent_kept = opened.iter().skip(1).step_by(2).filter(|(port, transport, _)| tracked(*port, *transport)).count();
+    assert_eq!(active_kept, 500, "every flow that kept sending is still tracked");
+    assert!(silent_kept < 50, "{silent_kept} of the 500 silent flows kept: the flood should have taken their ways");
+    for (port, transport, backend) in opened.iter().step_by(2) {
+        assert_eq!(forward(&harness, client, vip, *port, later(*transport)), *backend, "port {port}: its backend after the flood");
+    }
+    eprintln!("after {:?} and a flood of {} flows into {slots} ways: 500 of 500 active flows kept, {silent_kept} of 500 silent", started.elapsed(), 2 * slots);
+}

@@ -5,7 +5,7 @@
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use failover_common::maps::{
-    flow_tag, Config, FlowBucket, FlowKey, FLOW_EVICT_IDLE_NS, FLOW_REFRESH_NS, FLOW_SEEN_SHIFT, FLOW_WAYS,
+    flow_tag, Config, FlowBucket, FlowKey, FLOW_EVICT_IDLE_NS, FLOW_REFRESH_NS, FLOW_SEEN_RECENTLY, FLOW_SEEN_SHIFT, FLOW_WAYS,
 };
 
 use crate::maps::FLOWS;
@@ -89,19 +89,34 @@ impl Slot {
         unsafe { read_volatile(addr_of!((*self.bucket).entries[self.way & (FLOW_WAYS - 1)].value.last_seen_ns)) }
     }
 
-    /// Marks the flow active (what replacement reads), and for UDP its idle clock, at most once
-    /// per `FLOW_REFRESH_NS`: a write per packet would bounce the line between CPUs.
+    /// Marks the flow active for replacement without a clock read (TCP): one store of
+    /// `FLOW_SEEN_RECENTLY`, only when it is not there already (a write per packet would bounce
+    /// the line between CPUs). Reading the coarse clock is a helper call, about a sixth of an
+    /// established packet's cost.
     #[inline(always)]
-    pub fn refresh(&self, now: u64, udp: bool) {
+    pub fn mark_seen(&self) {
+        let way = self.way & (FLOW_WAYS - 1);
+        // SAFETY: see `find`; a racing writer stores a value just as good.
+        unsafe {
+            let seen = addr_of_mut!((*self.bucket).seen[way]);
+            if read_volatile(seen) != FLOW_SEEN_RECENTLY {
+                write_volatile(seen, FLOW_SEEN_RECENTLY);
+            }
+        }
+    }
+
+    /// Marks the flow active at `now` and refreshes its idle clock (UDP, whose expiry reads the
+    /// clock anyway), at most once per `FLOW_REFRESH_NS`.
+    #[inline(always)]
+    pub fn refresh(&self, now: u64) {
         let way = self.way & (FLOW_WAYS - 1);
         // SAFETY: see `find`; a racing writer on another CPU stores a time just as good.
         unsafe {
             let seen = addr_of_mut!((*self.bucket).seen[way]);
-            if u64::from(units(now).wrapping_sub(read_volatile(seen))) > FLOW_REFRESH_NS >> FLOW_SEEN_SHIFT {
+            let last = read_volatile(seen);
+            if last == FLOW_SEEN_RECENTLY || u64::from(units(now).wrapping_sub(last)) > FLOW_REFRESH_NS >> FLOW_SEEN_SHIFT {
                 write_volatile(seen, units(now));
-                if udp {
-                    write_volatile(addr_of_mut!((*self.bucket).entries[way].value.last_seen_ns), now);
-                }
+                write_volatile(addr_of_mut!((*self.bucket).entries[way].value.last_seen_ns), now);
             }
         }
     }
@@ -140,7 +155,14 @@ fn place_in(bucket: *mut FlowBucket, key: &FlowKey, tag_and_own: u64, ids: u64, 
                     empty = way;
                 }
             } else {
-                let idle = now_units.wrapping_sub(read_volatile(addr_of!((*bucket).seen[way])));
+                let seen = addr_of_mut!((*bucket).seen[way]);
+                let last = read_volatile(seen);
+                let mut idle = now_units.wrapping_sub(last);
+                if last == FLOW_SEEN_RECENTLY {
+                    // Seen since the last look: from now on it ages from this insert's time.
+                    write_volatile(seen, now_units);
+                    idle = 0;
+                }
                 if idle > idle_longest {
                     idle_longest = idle;
                     idle_way = way;

@@ -250,13 +250,16 @@ fn is_up(id: u32, vip_id: u32) -> bool {
 #[inline(always)]
 fn tracked(meta: &VipMeta, key: &FlowKey, slot: &cache::Slot, config: &Config) -> Option<(u32, Backend)> {
     let id = slot.backend_id();
-    let now = now_ns();
-    let udp = key.protocol == PROTOCOL_UDP;
-    if udp && now.saturating_sub(slot.last_seen_ns()) > config.udp_idle_timeout_ns {
-        count::reason(stats::EVENT_FLOW_EXPIRED, 0);
-        return None;
+    if key.protocol == PROTOCOL_UDP {
+        let now = now_ns();
+        if now.saturating_sub(slot.last_seen_ns()) > config.udp_idle_timeout_ns {
+            count::reason(stats::EVENT_FLOW_EXPIRED, 0);
+            return None;
+        }
+        slot.refresh(now);
+    } else {
+        slot.mark_seen();
     }
-    slot.refresh(now, udp);
     match live_backend(id, meta.vip_id, true) {
         Some(backend) => Some((id, backend)),
         None => {
