@@ -37,7 +37,7 @@ const fn round(state: u32, word: u32) -> u32 {
 
 /// The murmur3 finaliser: full avalanche of a 32-bit state.
 #[inline(always)]
-pub const fn avalanche(mut h: u32) -> u32 {
+const fn avalanche(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;

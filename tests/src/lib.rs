@@ -270,10 +270,24 @@ pub fn packet(tags: Tags, source: IpAddr, destination: IpAddr, transport: Transp
     frame
 }
 
-/// The per-flow entropy the data plane puts in outer sources and IPv6 flow labels.
-pub fn entropy(client: IpAddr, ports: (u16, u16)) -> u32 {
-    let (words, _) = to_words(client);
-    hash::avalanche(words[0] ^ words[3] ^ hash::ports_word(ports.0.to_be(), ports.1.to_be()))
+/// The per-flow entropy the data plane puts in outer sources and IPv6 flow labels: the hash of
+/// the flow client:ports.0 -> vip:ports.1 over `protocol`.
+pub fn entropy(client: IpAddr, vip: IpAddr, protocol: u8, ports: (u16, u16)) -> u32 {
+    hash::flow_key_hash(&craft::flow_key(client, vip, protocol, ports), false)
+}
+
+/// The entropy of the flow a client's TCP or UDP `frame` (with `tags`) belongs to.
+pub fn frame_entropy(frame: &[u8], tags: Tags) -> u32 {
+    let ip = etherparse::IpSlice::from_slice(&frame[14 + tags.len()..]).expect("an IP packet");
+    let (source, destination) = match &ip {
+        etherparse::IpSlice::Ipv4(v4) => (IpAddr::V4(v4.header().source_addr()), IpAddr::V4(v4.header().destination_addr())),
+        etherparse::IpSlice::Ipv6(v6) => (IpAddr::V6(v6.header().source_addr()), IpAddr::V6(v6.header().destination_addr())),
+    };
+    let payload = ip.payload();
+    let protocol = payload.ip_number.0;
+    assert!(protocol == PROTOCOL_TCP || protocol == PROTOCOL_UDP, "frame_entropy is for TCP and UDP frames");
+    let ports = (u16::from_be_bytes([payload.payload[0], payload.payload[1]]), u16::from_be_bytes([payload.payload[2], payload.payload[3]]));
+    entropy(source, destination, protocol, ports)
 }
 
 /// What the load balancer must send for `frame` (an untagged/tagged client packet with

@@ -48,7 +48,7 @@ fn forwards_every_family_and_tagging() {
         let backend = harness.simple_vip(case.vip, case.vip_port, case.protocol, 1, case.backend);
         let ports = (40000, 80);
         let frame = packet(case.tags, case.client, case.vip, case.transport, ports, b"hello, backend");
-        let expected = encapsulated(&frame, case.tags, case.backend, entropy(case.client, ports), &standard_config());
+        let expected = encapsulated(&frame, case.tags, case.backend, frame_entropy(&frame, case.tags), &standard_config());
         assert_frame(case.name, harness.run(&frame), XDP_TX, &expected);
         assert_eq!(harness.reason(stats::TX_FORWARD), 1, "{}: tx_forward counted", case.name);
         let inner_len = frame.len() - 14 - case.tags.len();

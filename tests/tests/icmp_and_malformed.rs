@@ -134,12 +134,12 @@ fn echo_requests_to_owned_vip_addresses_are_answered() {
 }
 
 /// comparing the program's output with the expected encapsulation to each.
-fn backend_of(harness: &Harness, frame: &[u8], tags: Tags, client: IpAddr, ports: (u16, u16), candidates: &[IpAddr]) -> IpAddr {
+fn backend_of(harness: &Harness, frame: &[u8], tags: Tags, candidates: &[IpAddr]) -> IpAddr {
     let (action, out) = harness.run(frame);
     assert_eq!(action, XDP_TX, "the flow's packet is forwarded");
     *candidates
         .iter()
-        .find(|backend| encapsulated(frame, tags, **backend, entropy(client, ports), &standard_config()) == out)
+        .find(|backend| encapsulated(frame, tags, **backend, frame_entropy(frame, tags), &standard_config()) == out)
         .expect("forwarded to one of the VIP's backends")
 }
 
@@ -222,17 +222,17 @@ fn icmp_errors_about_vip_flows_go_to_the_flows_backend() {
         let error = frame(case.tags, LB_MAC, ROUTER_MAC, &icmp_error(case.router, case.vip, case.kind, &quote));
         let candidates = candidates(case.vip, case.protocol);
         let backend = if case.established {
-            backend_of(&harness, &client_frame, case.tags, case.client, ports, &candidates)
+            backend_of(&harness, &client_frame, case.tags, &candidates)
         } else {
             // Where the table sends the flow; checked against the flow's packet below.
             let (_, out) = harness.run(&error);
             *candidates
                 .iter()
-                .find(|backend| out == encapsulated(&error, case.tags, **backend, entropy(case.client, ports), &standard_config()))
+                .find(|backend| out == encapsulated(&error, case.tags, **backend, entropy(case.client, case.vip, case.protocol, ports), &standard_config()))
                 .unwrap_or_else(|| panic!("{name}: the error is forwarded to one of the VIP's backends"))
         };
         let flows = flow_count(&harness);
-        let expected = encapsulated(&error, case.tags, backend, entropy(case.client, ports), &standard_config());
+        let expected = encapsulated(&error, case.tags, backend, entropy(case.client, case.vip, case.protocol, ports), &standard_config());
         let before = reasons(&harness);
         assert_frame(name, harness.run(&error), XDP_TX, &expected);
         assert_counted_once(name, &harness, &before, stats::TX_ICMP_ERROR_FORWARD);
@@ -240,7 +240,7 @@ fn icmp_errors_about_vip_flows_go_to_the_flows_backend() {
         if !case.established {
             assert!(harness.dataplane.counters.flow(&flow_key(case.client, case.vip, case.protocol, ports)).is_none(), "{name}: no entry yet");
             assert_eq!(
-                backend_of(&harness, &client_frame, case.tags, case.client, ports, &candidates),
+                backend_of(&harness, &client_frame, case.tags, &candidates),
                 backend,
                 "{name}: the flow's first packet goes where its error went"
             );
@@ -370,7 +370,7 @@ fn packets_too_big_for_the_tunnel_get_too_big_replies() {
         let got = harness.run(&request);
         match outcome {
             Forward(backend) => {
-                let expected = encapsulated(&request, tags, backend, entropy(client, ports), &standard_config());
+                let expected = encapsulated(&request, tags, backend, frame_entropy(&request, tags), &standard_config());
                 assert_eq!(expected.len() - 14 - tags.len(), usize::from(MTU), "{name}: exactly at the MTU");
                 assert_frame(name, got, XDP_TX, &expected);
                 assert_counted_once(name, &harness, &before, stats::TX_FORWARD);
@@ -428,7 +428,7 @@ fn ipv4_options_move_the_transport_header() {
         let packet = transport(ip4(CLIENT4, VIP4, &options, true), PROTOCOL_TCP, ports, b"with options");
         assert_eq!(packet[0], 0x47, "{name}: IHL 7");
         let request = inbound(Tags::None, &packet);
-        let expected = encapsulated(&request, Tags::None, backend, entropy(client, ports), &standard_config());
+        let expected = encapsulated(&request, Tags::None, backend, frame_entropy(&request, Tags::None), &standard_config());
         let before = reasons(&harness);
         let vip_before = harness.dataplane.counters.vip(vip_id).unwrap().packets;
         assert_frame(name, harness.run(&request), XDP_TX, &expected);
@@ -441,13 +441,13 @@ fn ipv4_options_move_the_transport_header() {
     options[39] = 0;
     let ports = (40001, 80);
     let request = inbound(Tags::None, &transport(ip4(CLIENT4, VIP4, &options, true), PROTOCOL_TCP, ports, b"x"));
-    let expected = encapsulated(&request, Tags::None, backend4(1), entropy(client, ports), &standard_config());
+    let expected = encapsulated(&request, Tags::None, backend4(1), frame_entropy(&request, Tags::None), &standard_config());
     assert_frame("IHL 15", harness.run(&request), XDP_TX, &expected);
     let ports = (40002, 80);
     let mut padded = inbound(Tags::None, &transport(ip(client, v4(VIP4), 64), PROTOCOL_TCP, ports, b""));
     assert_eq!(padded.len(), 54);
     padded.resize(60, 0);
-    let expected = encapsulated(&padded, Tags::None, backend4(1), entropy(client, ports), &standard_config());
+    let expected = encapsulated(&padded, Tags::None, backend4(1), frame_entropy(&padded, Tags::None), &standard_config());
     assert_eq!(expected.len(), 14 + 20 + 40, "the expected output has no padding");
     assert_frame("padded minimum frame", harness.run(&padded), XDP_TX, &expected);
 }
@@ -602,7 +602,7 @@ fn truncated_frames_are_never_transmitted() {
         let ip_len = header_len(&headers);
         let ports = (40000, port);
         let frame = inbound(tags, &transport(headers, protocol, ports, b"abc"));
-        let expected = encapsulated(&frame, tags, backend, entropy(client, ports), &config);
+        let expected = encapsulated(&frame, tags, backend, frame_entropy(&frame, tags), &config);
         // The program reads the base header (20 / 40 bytes) before it knows the destination.
         let base = if client.is_ipv4() { 20 } else { 40 };
         assert!(ip_len >= base);

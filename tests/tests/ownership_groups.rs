@@ -87,8 +87,8 @@ fn expect_pass(harness: &Harness, case: &str, frame: &[u8], reason: u32) {
     expect(harness, case, frame, XDP_PASS, frame, reason);
 }
 
-fn forwarded(frame: &[u8], client: IpAddr, ports: (u16, u16), backend: IpAddr) -> Vec<u8> {
-    encapsulated(frame, Tags::None, backend, entropy(client, ports), &standard_config())
+fn forwarded(frame: &[u8], backend: IpAddr) -> Vec<u8> {
+    encapsulated(frame, Tags::None, backend, frame_entropy(frame, Tags::None), &standard_config())
 }
 
 /// The frames of the group's two VIPs and their addresses, all passed while not owned.
@@ -106,7 +106,7 @@ fn assert_group_released(harness: &Harness, when: &str) {
 /// VIPs outside the group: the ungrouped ones by their flag, the other group not owned.
 fn assert_others_unaffected(harness: &Harness, when: &str) {
     let frame = tcp4(OTHER4);
-    let expected = forwarded(&frame, v4(CLIENT4), PORTS4, backend4(3));
+    let expected = forwarded(&frame, backend4(3));
     expect(harness, &format!("{when}: ungrouped owned VIP"), &frame, XDP_TX, &expected, stats::TX_FORWARD);
     let frame = packet(Tags::None, v6(CLIENT6), v6(OTHER6), Transport::TcpSyn, PORTS4, b"request");
     expect_pass(harness, &format!("{when}: ungrouped VIP not owned"), &frame, stats::PASS_NOT_OWNED);
@@ -135,10 +135,10 @@ fn one_write_takes_over_and_releases_a_whole_group() {
     assert!(!ownership.get(OTHER_GROUP).unwrap());
 
     let frame = tcp4(VIP4);
-    let expected = forwarded(&frame, v4(CLIENT4), PORTS4, backend4(1));
+    let expected = forwarded(&frame, backend4(1));
     expect(&harness, "owned: v4 tcp", &frame, XDP_TX, &expected, stats::TX_FORWARD);
     let frame = udp6();
-    let expected = forwarded(&frame, v6(CLIENT6), PORTS6, backend6(1));
+    let expected = forwarded(&frame, backend6(1));
     expect(&harness, "owned: v6 udp", &frame, XDP_TX, &expected, stats::TX_FORWARD);
     for (case, client, vip) in [("owned: v4 echo", v4(CLIENT4), v4(VIP4)), ("owned: v6 echo", v6(CLIENT6), v6(VIP6))] {
         let before = reasons(&harness);
@@ -147,12 +147,12 @@ fn one_write_takes_over_and_releases_a_whole_group() {
         assert_counted_once(case, &harness, &before, stats::TX_ECHO_REPLY);
         assert_eq!(&out[..6], &CLIENT_MAC, "{case}: the reply goes back to the client");
     }
-    for (case, vip, client, ports, backend) in [
-        ("owned: v4 icmp error", v4(VIP4), v4(CLIENT4), PORTS4, backend4(1)),
-        ("owned: v6 icmp error", v6(VIP6), v6(CLIENT6), PORTS6, backend6(1)),
+    for (case, vip, client, protocol, ports, backend) in [
+        ("owned: v4 icmp error", v4(VIP4), v4(CLIENT4), PROTOCOL_TCP, PORTS4, backend4(1)),
+        ("owned: v6 icmp error", v6(VIP6), v6(CLIENT6), PROTOCOL_UDP, PORTS6, backend6(1)),
     ] {
         let error = error_about_flow(vip);
-        let expected = encapsulated(&error, Tags::None, backend, entropy(client, ports), &standard_config());
+        let expected = encapsulated(&error, Tags::None, backend, entropy(client, vip, protocol, ports), &standard_config());
         expect(&harness, case, &error, XDP_TX, &expected, stats::TX_ICMP_ERROR_FORWARD);
     }
     let frame = fragment(VIP4);
@@ -163,7 +163,7 @@ fn one_write_takes_over_and_releases_a_whole_group() {
     let mut ownership = ownership;
     ownership.set(OTHER_GROUP, true).unwrap();
     let frame = tcp4(OTHER_GROUP_VIP);
-    let expected = forwarded(&frame, v4(CLIENT4), PORTS4, backend4(5));
+    let expected = forwarded(&frame, backend4(5));
     expect(&harness, "other group owned", &frame, XDP_TX, &expected, stats::TX_FORWARD);
     ownership.set(GROUP, false).unwrap();
     assert_group_released(&harness, "after the release");
@@ -239,7 +239,7 @@ fn ownership_is_pinned_and_survives_adoption() {
     let frame = tcp4(VIP4);
     let (action, out) = run(adopted.program().unwrap(), &frame);
     assert_eq!(action, XDP_TX, "the adopted program serves the owned group");
-    assert_eq!(out, forwarded(&frame, v4(CLIENT4), PORTS4, backend4(1)));
+    assert_eq!(out, forwarded(&frame, backend4(1)));
     assert_eq!(address_entry_flags(&instance.paths, v4(VIP4)), with_vip_group(VIP_OWNED, GROUP), "adoption keeps the entry");
     drop(adopted);
 

@@ -116,7 +116,7 @@ impl Flow {
     }
 
     fn entropy(&self) -> u32 {
-        entropy(self.client, self.ports)
+        entropy(self.client, self.vip, self.protocol, self.ports)
     }
 }
 

@@ -131,7 +131,7 @@ fn an_icmp_error_is_routed_only_to_the_vip_it_is_addressed_to() {
 
         // Control: addressed to B, the error follows B's flow to B's backend.
         let to_b_error = error_about(b, b, client, ports.0);
-        let expected = encapsulated(&to_b_error, Tags::None, b_backend, entropy(client, ports), &standard_config());
+        let expected = encapsulated(&to_b_error, Tags::None, b_backend, entropy(client, b, PROTOCOL_TCP, ports), &standard_config());
         assert_frame(&format!("error to {b} about its flow"), harness.run(&to_b_error), XDP_TX, &expected);
 
         // Before the fix: addressed to A, still tunnelled to B's backend.

@@ -396,7 +396,7 @@ impl<'a> Oracle<'a> {
         if r.total_len + outer_len > usize::from(config.mtu) {
             return Err(violation(Invariant::TooBig, format!("forwarded {} bytes + {outer_len} of tunnel over MTU {}", r.total_len, config.mtu)));
         }
-        let entropy = hash::avalanche(forward.key.source[0] ^ forward.key.source[3] ^ hash::ports_word(forward.key.source_port, forward.key.destination_port));
+        let entropy = hash::flow_key_hash(&forward.key, false);
         let inner_protocol = if r.v6 { IpNumber::IPV6 } else { IpNumber::IPV4 };
         match outer {
             Outer::V4(header) => {

@@ -12,9 +12,9 @@ use failover_ebpf::{
 };
 
 
-/// Encapsulates the packet to `backend`. `entropy` varies per flow and fills the low bits of
-/// the outer source address (and the IPv6 flow label) so that receivers spread flows over
-/// queues.
+/// Encapsulates the packet to `backend`. `entropy` (the flow hash) varies per flow and fills
+/// the low bits of the outer source address (and the IPv6 flow label) so that receivers spread
+/// flows over queues.
 ///
 /// Returns `transmit(TX_FORWARD)`, `needs_too_big(mtu)` (the caller answers with
 /// `icmp::too_big`), `drop(DROP_TOO_BIG_NO_DF)`, `drop(DROP_NO_ROOM)` or `drop(DROP_MALFORMED)`.

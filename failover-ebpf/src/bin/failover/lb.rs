@@ -191,10 +191,8 @@ pub fn service(ctx: &XdpContext, l3: &L3, routed: &Routed, config: Option<&Confi
         }
     };
     let (backend_id, backend) = choice;
-    let entropy = hash::avalanche(
-        key.source[0] ^ key.source[3] ^ hash::ports_word(key.source_port, key.destination_port),
-    );
-    let verdict = encap::forward(ctx, l3, &backend, entropy, config);
+    // The flow's hash is its entropy: it varies per flow and is already computed.
+    let verdict = encap::forward(ctx, l3, &backend, flow_hash, config);
     if verdict.is_transmit() {
         count::forwarded(meta.vip_id, backend_id, l3.total_len);
     }
