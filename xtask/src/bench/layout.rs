@@ -28,7 +28,7 @@ pub struct MapShape {
 
 /// Maps that only the program itself reads and writes (per-CPU scratch space): each program
 /// may lay them out as it likes.
-const PRIVATE_MAPS: &[&str] = &["SCRATCH"];
+const PRIVATE_MAPS: &[&str] = &["SCRATCH", "MONITOR_SCRATCH"];
 
 /// The maps of an object, by name; the program's own data sections (`.rodata`, `.bss`) and
 /// private maps are not touched by the control plane and are left out.

@@ -89,10 +89,15 @@ pub static BACKEND_STATS: PerCpuArray<Counter, { MAX_BACKENDS as usize }> = PerC
 #[btf_map]
 pub static REASON_STATS: PerCpuArray<Counter, { REASON_COUNT as usize }> = PerCpuArray::new();
 
-/// 0 -> this CPU's scratch space for the flow being forwarded. Data plane only: keeps 56 bytes
+/// 0 -> this CPU's scratch space for the flow being forwarded. Data plane only: keeps it
 /// off the entry function's stack, which the 512-byte limit of a call chain needs.
 #[btf_map]
 pub static SCRATCH: PerCpuArray<Routed, 1> = PerCpuArray::new();
+
+/// 0 -> this CPU's monitor record under construction. Data plane only: keeps the record off
+/// the monitor's stack frame, which is added to the entry function's in the 512-byte limit.
+#[btf_map]
+pub static MONITOR_SCRATCH: PerCpuArray<MonitorRecord, 1> = PerCpuArray::new();
 
 /// 0 -> the packet monitor's filter (`failover_common::monitor`). Written by `failover-ctl
 /// monitor`, not the daemon (a debugging switch that changes no decision); the program clears

@@ -7,8 +7,6 @@
 //! (VIP id, 5-tuple). Every other verdict leaves the packet as it arrived (passes, and drops
 //! before any rewrite) or turned around (echo replies), so its addresses are read again here.
 
-use core::mem::MaybeUninit;
-
 use aya_ebpf::{
     helpers::generated::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     programs::XdpContext,
@@ -25,7 +23,7 @@ use failover_ebpf::{
     verdict::Verdict,
 };
 
-use crate::maps::{BACKENDS, MONITOR_FILTER, MONITOR_LOST, MONITOR_RECORDS, SCRATCH};
+use crate::maps::{BACKENDS, MONITOR_FILTER, MONITOR_LOST, MONITOR_RECORDS, MONITOR_SCRATCH, SCRATCH};
 
 /// The gate, run for every packet after its verdict: reports it only while a monitor is
 /// attached.
@@ -33,7 +31,8 @@ use crate::maps::{BACKENDS, MONITOR_FILTER, MONITOR_LOST, MONITOR_RECORDS, SCRAT
 pub fn report(ctx: &XdpContext, verdict: Verdict, bytes: usize) {
     if let Some(filter) = MONITOR_FILTER.get(0) {
         if filter.enabled != 0 {
-            record(ctx, verdict, bytes);
+            // Used, so that the compiler keeps the return value (see `record`).
+            core::hint::black_box(record(ctx, verdict, bytes));
         }
     }
 }
@@ -42,24 +41,33 @@ pub fn report(ctx: &XdpContext, verdict: Verdict, bytes: usize) {
 ///
 /// Its own BPF function: its frame (the record) is not added to the packet path's, and the
 /// verifier sees it as one call on a cold branch.
+///
+/// Returns 1 when a record was written. A value, and one the caller uses: a BPF function must
+/// not return a pointer to its stack, which the return register may hold when the function
+/// returns nothing (or a constant, which the compiler then drops).
 #[inline(never)]
-fn record(ctx: &XdpContext, verdict: Verdict, bytes: usize) {
-    let Some(filter) = MONITOR_FILTER.get_ptr_mut(0) else { return };
+fn record(ctx: &XdpContext, verdict: Verdict, bytes: usize) -> u32 {
+    u32::from(build_and_write(ctx, verdict, bytes))
+}
+
+#[inline(always)]
+fn build_and_write(ctx: &XdpContext, verdict: Verdict, bytes: usize) -> bool {
+    let Some(filter) = MONITOR_FILTER.get_ptr_mut(0) else { return false };
     // SAFETY: the entry of a one-entry array, read field by field (see the write order in
     // `failover_common::monitor`); no reference to it is held across the write below.
     if unsafe { bpf_ktime_get_coarse_ns() > (*filter).expires_ns } {
         // The monitor stopped renewing it (killed): switch the gate off for everyone.
         // SAFETY: as above; a racing renewal writes `enabled` again with a later expiry.
         unsafe { (*filter).enabled = 0 };
-        return;
+        return false;
     }
     // SAFETY: only read from here on.
     let filter = unsafe { &*filter };
     // Every field is written, the zeroes and addresses with volatile stores: a struct literal
     // or an array copy from a map value becomes a compiler-builtins `memset` / `memmove` call.
-    let mut slot = MaybeUninit::<MonitorRecord>::uninit();
-    let record = slot.as_mut_ptr();
-    // SAFETY: `record` points at this frame's slot; every field is written before it is read.
+    let Some(record) = MONITOR_SCRATCH.get_ptr_mut(0) else { return false };
+    // SAFETY: `record` points at this CPU's scratch entry, which nothing else uses while this
+    // program runs; every field is written before it is read.
     unsafe {
         volatile(&raw mut (*record).time_ns, 0);
         volatile(&raw mut (*record).source_port, 0);
@@ -81,9 +89,9 @@ fn record(ctx: &XdpContext, verdict: Verdict, bytes: usize) {
         (*record).ifindex = ctx.ingress_ifindex() as u32;
     }
     // SAFETY: every field was written above.
-    let record = unsafe { slot.assume_init_mut() };
+    let record = unsafe { &mut *record };
     if verdict.is_routed() {
-        let Some(routed) = SCRATCH.get(0) else { return };
+        let Some(routed) = SCRATCH.get(0) else { return false };
         record.vip_id = routed.meta.vip_id;
         // SAFETY: fields of a live record.
         unsafe {
@@ -107,7 +115,7 @@ fn record(ctx: &XdpContext, verdict: Verdict, bytes: usize) {
         }
     }
     if !matches(filter, record) {
-        return;
+        return false;
     }
     // SAFETY: no arguments.
     record.time_ns = unsafe { bpf_ktime_get_ns() };
@@ -118,7 +126,9 @@ fn record(ctx: &XdpContext, verdict: Verdict, bytes: usize) {
             // SAFETY: per-CPU value; this program is not preempted.
             unsafe { *lost += 1 };
         }
+        return false;
     }
+    true
 }
 
 /// Copies an address word by word with volatile stores, which LLVM cannot merge into a
