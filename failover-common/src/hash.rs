@@ -76,6 +76,20 @@ pub fn flow_hash(source: &[u32; 4], destination: &[u32; 4], ports: u32, protocol
     finish(sources.wrapping_add(destinations).wrapping_add(rest))
 }
 
+/// The `VIP_SLOTS` entry of a service: its address and its `maps::service_word` (port,
+/// protocol, family), hashed as the flow hash hashes (independent products, `finish`).
+#[inline(always)]
+pub fn service_slot(address: &[u32; 4], service: u32) -> u32 {
+    let term = |word: u32, key: u64| u64::from(word).wrapping_mul(key);
+    let sum = FLOW_KEYS[0]
+        .wrapping_add(term(address[0], FLOW_KEYS[5]))
+        .wrapping_add(term(address[1], FLOW_KEYS[6]))
+        .wrapping_add(term(address[2], FLOW_KEYS[7]))
+        .wrapping_add(term(address[3], FLOW_KEYS[8]))
+        .wrapping_add(term(service, FLOW_KEYS[9]));
+    finish(sum) & (crate::maps::VIP_SLOTS - 1)
+}
+
 /// The two network-order port fields as one word, in packet byte order (no swaps on the packet
 /// path; the host computes the same word from the same fields).
 #[inline(always)]

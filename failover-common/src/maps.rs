@@ -46,7 +46,14 @@
 //!    a removal stores 0 into the service word after the `VIPS` entry is gone, and the id is
 //!    given to another VIP only after a grace period (rule 4's wait). A reader loads the
 //!    service word first (x86 keeps loads in order, as it keeps stores), so it sees a whole
-//!    identity or a service word that matches no flow.
+//!    identity or a service word that matches no flow. The identity's table word follows the
+//!    `VIPS` entry: stored right after each switch (rule 3), so rule 4's wait covers readers of
+//!    either. `VIP_SLOTS` names an id only while the id names that VIP: a slot is set after
+//!    the identity and cleared before it.
+//!
+//! What the data plane reads of a VIP is therefore the same whichever way it found it: `VIPS`
+//! (always), a flow entry's vip id, or the service's slot in `VIP_SLOTS`; the last two are
+//! confirmed against the packet's own destination.
 
 /// Address family values in `family` fields.
 pub const FAMILY_IPV4: u8 = 4;
@@ -151,8 +158,22 @@ pub struct VipIdentity {
     pub flags: u32,
     /// `VipKey::address`.
     pub address: [u32; 4],
+    /// The active table, as its `VIPS` entry has it: `table_offset | table_size << 32`
+    /// ([`table_word`]), one 8-byte store after each switch of the `VIPS` entry; 0 = none.
+    pub table: u64,
 }
-const _: () = assert!(core::mem::size_of::<VipIdentity>() == 24);
+const _: () = assert!(core::mem::size_of::<VipIdentity>() == 32);
+
+/// `VipIdentity::table` for a table at `offset` of `size` slots.
+#[inline(always)]
+pub const fn table_word(offset: u32, size: u32) -> u64 {
+    offset as u64 | (size as u64) << 32
+}
+
+/// Entries of `VIP_SLOTS` (a power of two): service hash -> vip id + 1 (0 = none), so that a
+/// packet no flow entry answers for finds its VIP with two array loads instead of the `VIPS`
+/// hash lookup. A slot holds one VIP; a VIP whose slot another one holds is found in `VIPS`.
+pub const VIP_SLOTS: u32 = 1 << 14;
 
 /// `VipKey`'s port (network order), protocol and family as the one word they occupy in memory
 /// (`VipKey` bytes 16..20), which is what `VipIdentity::service` holds.
@@ -365,6 +386,7 @@ pub mod names {
     pub const MONITOR_LOST: &str = "MONITOR_LOST";
     pub const OWNERSHIP: &str = "OWNERSHIP";
     pub const VIP_INDEX: &str = "VIP_INDEX";
+    pub const VIP_SLOTS: &str = "VIP_SLOTS";
     pub const DECAP_VIPS: &str = "DECAP_VIPS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
 }

@@ -1,8 +1,9 @@
-//! An established flow finds its VIP through `VIP_INDEX` (contract rule 9 of
-//! `failover_common::maps`) instead of a `VIPS` lookup. On the real program: the shortcut is
-//! taken, and it answers as `VIPS` would whatever happens to the VIP meanwhile — removed, its id
-//! given to another VIP, republished under another id, released, shadowed by a VIP of its own
-//! port, or its backend down.
+//! A packet finds its VIP through `VIP_INDEX` (contract rule 9 of `failover_common::maps`):
+//! an established flow by the vip id its entry carries, a new one by its service's slot in
+//! `VIP_SLOTS`, instead of a `VIPS` lookup. On the real program: the shortcuts are taken, and
+//! they answer as `VIPS` would whatever happens to the VIP meanwhile — removed, its id given to
+//! another VIP, republished under another id or with another table, released, shadowed by a VIP
+//! of its own port, sharing a slot, or its backend down.
 
 use std::net::IpAddr;
 
@@ -51,10 +52,13 @@ fn an_established_flow_is_forwarded_without_its_vips_entry() {
         // With the VIPS entry gone (the index still names the VIP), only the index can answer.
         vips_map(&harness).remove(&vip_key(vip, 80, PROTOCOL_TCP)).expect("remove the VIPS entry");
         assert_eq!(send(&harness, client, vip, (40000, 80), Transport::TcpAck), Ok(backend), "{vip}: the established flow, by its index");
+        // Nor do the others: a new flow and an untracked one find it through its slot.
+        assert_eq!(send(&harness, client, vip, (40001, 80), Transport::TcpSyn), Ok(backend), "{vip}: a new flow, by its slot");
+        assert_eq!(send(&harness, client, vip, (40002, 80), Transport::TcpAck), Ok(backend), "{vip}: an untracked one, by its slot");
+        // Port 81 has no service, so no slot: VIPS answers, and has nothing.
         let not_vip = harness.reason(stats::PASS_NOT_VIP);
-        assert_eq!(send(&harness, client, vip, (40001, 80), Transport::TcpSyn), Err("XDP_PASS"), "{vip}: a new flow asks VIPS");
-        assert_eq!(send(&harness, client, vip, (40002, 80), Transport::TcpAck), Err("XDP_PASS"), "{vip}: so does an untracked one");
-        assert_eq!(harness.reason(stats::PASS_NOT_VIP), not_vip + 2);
+        assert_eq!(send(&harness, client, vip, (40003, 81), Transport::TcpSyn), Err("XDP_PASS"), "{vip}: no service at port 81");
+        assert_eq!(harness.reason(stats::PASS_NOT_VIP), not_vip + 1);
     }
 }
 
@@ -149,4 +153,59 @@ fn an_established_flow_whose_backend_is_down_is_chosen_anew_from_the_table() {
     let tracked = harness.dataplane.counters.flow(&flow_key(client, vip, PROTOCOL_TCP, (40000, 80))).expect("tracked");
     assert_eq!((tracked.vip_id, tracked.backend_id), (1, other_id), "tracked again, on the live backend");
     assert_eq!(send(&harness, client, vip, (40000, 80), Transport::TcpAck), Ok(other));
+}
+
+#[test]
+fn a_new_flow_finds_its_vip_through_its_slot_and_its_current_table() {
+    if !root() {
+        return;
+    }
+    let mut harness = Harness::new();
+    for (vip_id, client, vip, first, second) in [
+        (1, IpAddr::V4(CLIENT4), IpAddr::V4(VIP4), backend4(1), backend4(2)),
+        (2, IpAddr::V6(CLIENT6), IpAddr::V6(VIP6), backend6(1), backend6(2)),
+    ] {
+        let (first_id, second_id) = (vip_id * 10, vip_id * 10 + 1);
+        harness.backend(first_id, vip_id, first, HEALTH_UP);
+        harness.backend(second_id, vip_id, second, HEALTH_UP);
+        let key = harness.vip(vip, 80, PROTOCOL_TCP, vip_id, VIP_OWNED, &[first_id; 13]);
+        harness.vip(vip, 80, PROTOCOL_TCP, vip_id, VIP_OWNED, &[second_id; 13]);
+        // Without the VIPS entry only the slot and the index can answer, with the table
+        // published last.
+        vips_map(&harness).remove(&key).expect("remove the VIPS entry");
+        assert_eq!(send(&harness, client, vip, (40000, 80), Transport::TcpSyn), Ok(second), "{vip}: a SYN, by its slot");
+        assert_eq!(send(&harness, client, vip, (40001, 80), Transport::Udp), Err("XDP_PASS"), "{vip}: UDP has no VIP here");
+    }
+}
+
+#[test]
+fn services_sharing_a_slot_are_found_and_the_slot_passes_on_when_one_leaves() {
+    if !root() {
+        return;
+    }
+    let mut harness = Harness::new();
+    let (client, vip) = (IpAddr::V4(CLIENT4), IpAddr::V4(VIP4));
+    let slot = |port: u16| {
+        let key = vip_key(vip, port, PROTOCOL_TCP);
+        failover_common::hash::service_slot(&key.address, service_word(key.port, key.protocol, key.family))
+    };
+    let other_port = (81..u16::MAX).find(|port| slot(*port) == slot(80)).expect("a port whose service shares port 80's slot");
+    harness.backend(10, 1, backend4(1), HEALTH_UP);
+    let first = harness.vip(vip, 80, PROTOCOL_TCP, 1, VIP_OWNED, &[10; 13]);
+    harness.simple_vip(vip, other_port, PROTOCOL_TCP, 2, backend4(2));
+    assert_eq!(send(&harness, client, vip, (40000, 80), Transport::TcpSyn), Ok(backend4(1)));
+    assert_eq!(send(&harness, client, vip, (40000, other_port), Transport::TcpSyn), Ok(backend4(2)), "port {other_port}, by VIPS");
+
+    // The second service does not hold the slot: without its VIPS entry it is not found.
+    let second = vip_key(vip, other_port, PROTOCOL_TCP);
+    let meta = vips_map(&harness).get(&second, 0).expect("the second service's VIPS entry");
+    vips_map(&harness).remove(&second).expect("remove it");
+    assert_eq!(send(&harness, client, vip, (40001, other_port), Transport::TcpSyn), Err("XDP_PASS"));
+    vips_map(&harness).insert(second, meta, 0).expect("put it back");
+
+    // The first leaves: its slot goes to the second, which is then found without VIPS.
+    harness.dataplane.writer.remove_vip(first).expect("remove the first VIP");
+    assert_eq!(send(&harness, client, vip, (40002, 80), Transport::TcpSyn), Err("XDP_PASS"), "port 80 has no VIP now");
+    vips_map(&harness).remove(&second).expect("remove the second's VIPS entry");
+    assert_eq!(send(&harness, client, vip, (40003, other_port), Transport::TcpSyn), Ok(backend4(2)), "port {other_port}, by the slot it took over");
 }

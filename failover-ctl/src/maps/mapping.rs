@@ -15,10 +15,15 @@ use super::{map_error, MapWriteError};
 pub(super) struct Mapping<T> {
     /// Kept for the map's lifetime guarantees; the mapping holds its own reference too.
     _map: MapData,
-    base: NonNull<T>,
+    base: NonNull<u8>,
     entries: u32,
     mapped_len: usize,
     _values: PhantomData<T>,
+}
+
+/// The kernel lays array elements out every `round_up(value_size, 8)` bytes.
+const fn stride<T>() -> usize {
+    size_of::<T>().next_multiple_of(8)
 }
 
 // SAFETY: the mapping is owned by this value and only accessed through its owner's methods;
@@ -43,7 +48,7 @@ impl<T> Mapping<T> {
         let entries = info.max_entries();
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let mapped_len = (entries as usize * size_of::<T>()).div_ceil(page) * page;
+        let mapped_len = (entries as usize * stride::<T>()).div_ceil(page) * page;
         let fd = map.fd().as_fd().as_raw_fd();
         // SAFETY: a shared mapping of a BPF_F_MMAPABLE array, its length rounded to pages as the
         // kernel requires; checked for MAP_FAILED below.
@@ -63,8 +68,9 @@ impl<T> Mapping<T> {
     /// Entry `index`, which must be below [`Mapping::entries`].
     pub(super) fn entry(&self, index: u32) -> *mut T {
         assert!(index < self.entries, "entry {index} of a {}-entry array", self.entries);
-        // SAFETY: `index` < entries, so the pointer stays inside the mapping.
-        unsafe { self.base.as_ptr().add(index as usize) }
+        // SAFETY: `index` < entries, so the pointer stays inside the mapping; elements start
+        // at multiples of 8 bytes, which T's alignment (at most 8 for map values) divides.
+        unsafe { self.base.as_ptr().add(index as usize * stride::<T>()).cast() }
     }
 }
 

@@ -92,7 +92,7 @@ fn describe(key: &VipKey) -> String {
 
 /// Maps the writer fills when the program has them and leaves out when it does not (the
 /// pins or object of an older release, whose program never reads them).
-pub const OPTIONAL_MAPS: &[&str] = &[names::VIP_INDEX];
+pub const OPTIONAL_MAPS: &[&str] = &[names::VIP_INDEX, names::VIP_SLOTS];
 
 /// Typed handles on the writable maps plus the mirror of what was published.
 pub struct MapWriter {
@@ -102,7 +102,8 @@ pub struct MapWriter {
     health: Array<MapData, u32>,
     config: Array<MapData, Config>,
     config_active: Array<MapData, u32>,
-    /// `VIP_INDEX`; `None` for the pins of a program older than it (which never reads it).
+    /// `VIP_INDEX` and `VIP_SLOTS`; `None` for the pins of a program older than them (which
+    /// never reads them).
     index: Option<vip_index::VipIndex>,
     /// `FLOWS` buckets - 1, written into every published `Config`.
     flow_bucket_mask: u32,
@@ -228,7 +229,11 @@ impl MapWriter {
             health: source.typed(names::HEALTH)?,
             config: source.typed(names::CONFIG)?,
             config_active: source.typed(names::CONFIG_ACTIVE)?,
-            index: source.optional_map(names::VIP_INDEX)?.map(vip_index::VipIndex::new).transpose()?,
+            index: match (source.optional_map(names::VIP_INDEX)?, source.optional_map(names::VIP_SLOTS)?) {
+                (Some(entries), Some(slots)) => Some(vip_index::VipIndex::new(entries, slots)?),
+                (None, None) => None,
+                _ => return Err(MapWriteError::Corrupt(format!("{} and {} come together, and only one is here", names::VIP_INDEX, names::VIP_SLOTS))),
+            },
             pool,
             grace: GracePeriod::new().map_err(MapWriteError::Grace)?,
             grace_epoch: 0,
@@ -494,12 +499,15 @@ impl MapWriter {
 
         // The index names exactly the published VIPs (an interrupted change may have left an
         // id naming a VIP that is gone, or not yet naming a new one).
-        let wanted: BTreeMap<u32, (VipKey, u32)> = self.published.iter().map(|(key, vip)| (vip.meta.vip_id, (*key, vip.meta.flags))).collect();
+        let wanted: BTreeMap<u32, (VipKey, VipMeta)> = self.published.iter().map(|(key, vip)| (vip.meta.vip_id, (*key, vip.meta))).collect();
         for id in 0..self.index.as_ref().map_or(0, vip_index::VipIndex::len) {
             match wanted.get(&id) {
-                Some((key, flags)) => self.index_vip(id, key, *flags)?,
+                Some((key, meta)) => self.index_vip(key, meta)?,
                 None => self.unindex_vip(id),
             }
+        }
+        if let Some(index) = self.index.as_mut() {
+            index.repair_slots();
         }
 
         let slot = self.config_active.get(&0, 0).map_err(map_error(names::CONFIG_ACTIVE))?;

@@ -245,7 +245,7 @@ impl MapWriter {
         if let Some(old) = previous_id.filter(|old| *old != settings.vip_id) {
             self.unindex_vip(old);
         }
-        self.index_vip(settings.vip_id, &key, settings.flags)?;
+        self.index_vip(&key, &meta)?;
         self.address_changed(key.family, key.address, previous_flags, Some(settings.flags))?;
         let epoch = self.grace_epoch;
         match self.published.get_mut(&key) {
@@ -287,19 +287,20 @@ impl MapWriter {
         Ok(())
     }
 
-    /// Makes `VIP_INDEX` name `key` at `vip_id` (contract rule 9): if the id still names another
-    /// service, it is cleared and a grace period passes first.
-    pub(super) fn index_vip(&mut self, vip_id: u32, key: &VipKey, flags: u32) -> Result<(), MapWriteError> {
+    /// Makes `VIP_INDEX` name `key` as published in `meta` (contract rule 9): if the id still
+    /// names another service, it is cleared and a grace period passes first.
+    pub(super) fn index_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapWriteError> {
         let Some(index) = self.index.as_mut() else { return Ok(()) };
+        let (vip_id, flags, table) = (meta.vip_id, meta.flags, table_word(meta.table_offset, meta.table_size));
         if vip_id >= index.len() {
             return Err(MapWriteError::Vip(describe(key), format!("vip id {vip_id} is beyond {}'s {} entries", names::VIP_INDEX, index.len())));
         }
-        if index.set(vip_id, key, flags) == Found::Written {
+        if index.set(vip_id, key, flags, table) == Found::Written {
             return Ok(());
         }
         index.clear(vip_id);
         self.wait_grace()?;
-        match self.index.as_mut().map(|index| index.set(vip_id, key, flags)) {
+        match self.index.as_mut().map(|index| index.set(vip_id, key, flags, table)) {
             Some(Found::Other) => Err(MapWriteError::Corrupt(format!("{} entry {vip_id} changed under the writer", names::VIP_INDEX))),
             _ => Ok(()),
         }

@@ -8,7 +8,7 @@ use failover_ebpf::parse::{L3, L4};
 /// by `icmp::handle` for `needs_routing`). Lives in the per-CPU `SCRATCH` entry.
 #[derive(Clone, Copy)]
 pub struct Routed {
-    /// The VIP, from `VIPS`, or from `VIP_INDEX` when `indexed` (then without its table).
+    /// The VIP, from `VIP_INDEX` (by the flow entry's vip id or the service's slot) or `VIPS`.
     pub meta: VipMeta,
     pub key: FlowKey,
     /// `hash::flow_key_hash(key)`: the flow's bucket and, unless the VIP hashes the source
@@ -16,9 +16,6 @@ pub struct Routed {
     pub hash: u32,
     /// The flow's way in its bucket; `FLOW_WAYS`: not tracked.
     pub way: u32,
-    /// 1 when `meta` came from the flow's `VIP_INDEX` entry: its table is not known, and a
-    /// flow that must be chosen anew looks the VIP up first.
-    pub indexed: u32,
 }
 
 /// The flow-table key of a service packet, in the client-to-VIP direction.

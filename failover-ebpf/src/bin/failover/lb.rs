@@ -21,7 +21,7 @@ use crate::{
     icmp,
     maps::*,
     stats as count,
-    vip::{indexed, lookup_vip, may_be_vip_address, owns, unusable},
+    vip::{indexed, may_be_vip_address, owns, service_vip, unusable},
 };
 
 /// Handles one packet.
@@ -70,7 +70,6 @@ fn vip_traffic(ctx: &XdpContext, l3: &L3) -> Verdict {
         }
         track = false;
         find_flow(routed, config);
-        routed.indexed = 0;
     } else {
         // Only TCP and UDP have services. Any other protocol must not reach the VIP lookup: an
         // IPv4 protocol 0 (HOPOPT) would match the address entry (`PROTOCOL_ADDRESS`), which has
@@ -79,33 +78,23 @@ fn vip_traffic(ctx: &XdpContext, l3: &L3) -> Verdict {
             return Verdict::pass(stats::PASS_NOT_VIP);
         }
         routed.key = flow_key(l3, &l4);
-        routed.indexed = 0;
-        // A connection's first packet needs its VIP's table: `VIPS` first, as before any flow
+        // A connection's first packet needs its VIP's table: the VIP first, as before any flow
         // existed, so the bucket's cache miss overlaps the table lookups after it.
         let opening = l4.opens_connection();
         if opening {
-            let Some(meta) = lookup_vip(l3.family, &l3.destination, l4.destination_port, l3.protocol) else {
+            let Some(meta) = service_vip(&routed.key) else {
                 return Verdict::pass(stats::PASS_NOT_VIP);
             };
             routed.meta = meta;
         }
         let bucket = find_flow(routed, config);
         if !opening {
-            // A tracked flow names its VIP: one array load checks it, where `VIPS` costs a hash
-            // of the key and a helper call. Anything else asks `VIPS`.
+            // A tracked flow names its VIP: `VIP_INDEX` confirms it with one array load.
             let slot = bucket.and_then(|bucket| cache::slot(bucket, routed.way));
-            match slot.and_then(|slot| indexed(slot.vip_id(), &routed.key)) {
-                Some(meta) => {
-                    routed.meta = meta;
-                    routed.indexed = 1;
-                }
-                None => {
-                    let Some(meta) = lookup_vip(l3.family, &l3.destination, l4.destination_port, l3.protocol) else {
-                        return Verdict::pass(stats::PASS_NOT_VIP);
-                    };
-                    routed.meta = meta;
-                }
-            }
+            let Some(meta) = slot.and_then(|slot| indexed(slot.vip_id(), &routed.key)).or_else(|| service_vip(&routed.key)) else {
+                return Verdict::pass(stats::PASS_NOT_VIP);
+            };
+            routed.meta = meta;
         }
     }
     // From here on the scratch entry holds this packet's flow: the monitor may read it.
@@ -180,7 +169,7 @@ fn service(ctx: &XdpContext, l3: &L3, routed: &Routed, config: Option<&Config>, 
         Some(choice) => (choice, FLOW_TRACKED),
         None => {
             let hash = if meta.flags & VIP_HASH_SOURCE_ONLY != 0 { hash::source_hash(&key.source) } else { flow_hash };
-            match choose(routed, hash) {
+            match from_table(meta, hash) {
                 Some(choice) => {
                     let mut flow = FLOW_UNTRACKED;
                     if let (true, Some(bucket)) = (track, bucket) {
@@ -200,19 +189,6 @@ fn service(ctx: &XdpContext, l3: &L3, routed: &Routed, config: Option<&Config>, 
         count::forwarded(meta.vip_id, backend_id, l3.total_len);
     }
     verdict.with_backend(backend_id, flow)
-}
-
-/// A backend for a flow the cache does not answer for, from its VIP's table. A VIP found
-/// through its index (`Routed::indexed`) has no table in hand: `VIPS` gives it now, and the VIP
-/// it gives is the one this packet is addressed to (its id, the counters', may differ only if
-/// the service was replaced meanwhile).
-#[inline(always)]
-fn choose(routed: &Routed, hash: u32) -> Option<(u32, Backend)> {
-    if routed.indexed == 0 {
-        return from_table(&routed.meta, hash);
-    }
-    let key = &routed.key;
-    from_table(&lookup_vip(key.family, &key.destination, key.destination_port, key.protocol)?, hash)
 }
 
 /// The live configuration slot.

@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use failover_common::{
-    maps::*,
+    maps::{VIP_SLOTS as VIP_SLOTS_COUNT, *},
     monitor::{MonitorFilter, MonitorRecord, MONITOR_RING_BYTES},
     stats::REASON_COUNT,
 };
@@ -41,6 +41,12 @@ pub static OWNERSHIP: Array<u32, { MAX_GROUPS as usize }> = Array::new();
 /// inlined array load). Controller writes, through its mapping, in the documented order.
 #[btf_map]
 pub static VIP_INDEX: Array<VipIdentity, { MAX_VIPS as usize }, { BPF_F_MMAPABLE as usize }> = Array::new();
+
+/// `hash::service_slot` of a service -> its vip id + 1 (0 = none), confirmed in `VIP_INDEX`: a
+/// packet that no flow entry answers for finds its VIP with two array loads; a service whose
+/// slot another holds is looked up in `VIPS`. Controller writes, through its mapping.
+#[btf_map]
+pub static VIP_SLOTS: Array<u32, { VIP_SLOTS_COUNT as usize }, { BPF_F_MMAPABLE as usize }> = Array::new();
 
 /// backend id -> tunnel address, family, owning VIP. Controller writes, before any table names
 /// the id.

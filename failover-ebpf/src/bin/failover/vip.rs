@@ -7,7 +7,7 @@ use core::ptr::{addr_of, read_volatile};
 use failover_common::{hash, maps::*, stats};
 use failover_ebpf::{parse::L3, verdict::Verdict};
 
-use crate::maps::{ADDRESS_FILTER, OWNERSHIP, VIPS, VIP_INDEX};
+use crate::maps::{ADDRESS_FILTER, OWNERSHIP, VIPS, VIP_INDEX, VIP_SLOTS};
 
 /// The cheap pre-check: one inlined array load.
 #[inline(always)]
@@ -40,10 +40,9 @@ pub fn lookup_vip(family: u8, address: &[u32; 4], port: u16, protocol: u8) -> Op
     VIPS.get_ptr(key).map(|meta| unsafe { *meta })
 }
 
-/// The VIP `vip_id` as `VIP_INDEX` has it, if that is the very service `key` is addressed to:
-/// same address, port, protocol and family (an all-ports VIP only for port 0, so a flow to
-/// another port always asks `VIPS`, where a VIP of its own port would win). Its meta has no
-/// table (see `Routed::indexed`).
+/// The VIP `vip_id` as `VIP_INDEX` has it, table included, if that is the very service `key`
+/// is addressed to: same address, port, protocol and family (an all-ports VIP only for port 0,
+/// so a flow to another port always asks `VIPS`, where a VIP of its own port would win).
 #[inline(always)]
 pub fn indexed(vip_id: u32, key: &FlowKey) -> Option<VipMeta> {
     let entry = VIP_INDEX.get_ptr(vip_id)?;
@@ -60,8 +59,25 @@ pub fn indexed(vip_id: u32, key: &FlowKey) -> Option<VipMeta> {
             }
         }
         let flags = read_volatile(addr_of!((*entry).flags));
-        Some(VipMeta { vip_id, flags, table_offset: 0, table_size: 0 })
+        let table = read_volatile(addr_of!((*entry).table));
+        if table == 0 {
+            return None;
+        }
+        Some(VipMeta { vip_id, flags, table_offset: table as u32, table_size: (table >> 32) as u32 })
     }
+}
+
+/// The VIP of the service `key` is addressed to, through its slot in `VIP_SLOTS` (two array
+/// loads), else `VIPS` (the exact service, then the all-ports one).
+#[inline(always)]
+pub fn service_vip(key: &FlowKey) -> Option<VipMeta> {
+    let service = service_word(key.destination_port, key.protocol, key.family);
+    if let Some(slot) = VIP_SLOTS.get(hash::service_slot(&key.destination, service)) {
+        if let Some(meta) = slot.checked_sub(1).and_then(|vip_id| indexed(vip_id, key)) {
+            return Some(meta);
+        }
+    }
+    lookup_vip(key.family, &key.destination, key.destination_port, key.protocol)
 }
 
 /// Whether this node serves the VIP (service or address entry) `meta`: a VIP without a group
