@@ -27,7 +27,7 @@ pub struct Facts<'a> {
 pub fn notes(facts: &Facts<'_>) -> Vec<String> {
     let live_method = facts.live_method;
     let mut notes = vec![
-        format!("Setup: 2 TCP VIPs (IPv4, IPv6), {} backends each, equal weights, Maglev tables of 65537 slots built by failover_ctl::maglev::build; 1 Mi-entry LRU flow table; flow-insert limiter on at 1 insert/ns; one-CPU runs pinned to CPU {}; {ROUNDS} measured rounds after a warm-up, scenarios interleaved; ns/packet is the median over rounds of the kernel-reported duration (integer ns), wall ns/pkt the median of wall-clock time / packets.", setup::BACKENDS_PER_VIP, facts.cpu),
+        format!("Setup: 2 TCP VIPs (IPv4, IPv6), {} backends each, equal weights, Maglev tables of 65537 slots built by failover_ctl::maglev::build; a flow cache for 1 Mi flows (256 Ki buckets of 8 ways); flow-insert limiter on at 1 insert/ns; one-CPU runs pinned to CPU {}; {ROUNDS} measured rounds after a warm-up, scenarios interleaved; ns/packet is the median over rounds of the kernel-reported duration (integer ns), wall ns/pkt the median of wall-clock time / packets.", setup::BACKENDS_PER_VIP, facts.cpu),
         "test_run/repeat: one BPF_PROG_TEST_RUN with repeat = N; the kernel reruns the program on one copy of the packet, so it is used only where the packet is left unchanged (floor, non-VIP pass). Every run checked: return value, and the reason counter grew by exactly N with no other counter moving. test_run/repeat-minus-floor subtracts the floor's number of the same round (the test loop's own cost per iteration).".to_string(),
     ];
     match live_method {
