@@ -40,6 +40,25 @@ fn outer_destination(frame: &[u8]) -> IpAddr {
     }
 }
 
+/// A harness whose insert limiter allows every insert: the cache's own rule is what is under
+/// test, not the limiter.
+fn unlimited_harness() -> Harness {
+    let mut harness = Harness::new();
+    harness.dataplane.writer.set_config(&Config { flow_insert_cost_ns: 0, flow_insert_burst_ns: 0, ..standard_config() }).unwrap();
+    harness
+}
+
+/// VIP `vip_id` at VIP4:80 over `protocol`, served by backends 1 to 4 (ids vip_id * 10 + 0..4),
+/// spread over a 251-slot table.
+fn four_backends(harness: &mut Harness, protocol: u8, vip_id: u32) {
+    let first = vip_id * 10;
+    for n in 0..4u8 {
+        harness.backend(first + u32::from(n), vip_id, backend4(n + 1), HEALTH_UP);
+    }
+    let table: Vec<u32> = (0..251).map(|slot| first + slot % 4).collect();
+    harness.vip(IpAddr::V4(VIP4), 80, protocol, vip_id, VIP_OWNED, &table);
+}
+
 /// Sends `transport` of client:port -> vip:80 and returns the backend address it was tunnelled to.
 fn forward(harness: &Harness, client: IpAddr, vip: IpAddr, port: u16, transport: Transport) -> IpAddr {
     let frame = packet(Tags::None, client, vip, transport, (port, 80), b"x");
@@ -92,15 +111,8 @@ fn a_flood_of_new_flows_never_evicts_an_active_flow() {
     if !root() {
         return;
     }
-    let mut harness = Harness::new();
-    // Every insert allowed: the cache's own rule is what is under test, not the limiter.
-    harness.dataplane.writer.set_config(&Config { flow_insert_cost_ns: 0, flow_insert_burst_ns: 0, ..standard_config() }).unwrap();
-    let backends: Vec<IpAddr> = (1..=4).map(backend4).collect();
-    for (n, address) in backends.iter().enumerate() {
-        harness.backend(10 + n as u32, 1, *address, HEALTH_UP);
-    }
-    let table: Vec<u32> = (0..251).map(|slot| 10 + slot % 4).collect();
-    harness.vip(IpAddr::V4(VIP4), 80, PROTOCOL_TCP, 1, VIP_OWNED, &table);
+    let mut harness = unlimited_harness();
+    four_backends(&mut harness, PROTOCOL_TCP, 1);
     let client = IpAddr::V4(CLIENT4);
     let vip = IpAddr::V4(VIP4);
     let slots = flow_buckets(4096) as usize * FLOW_WAYS;
@@ -140,20 +152,9 @@ fn a_flood_evicts_flows_gone_silent_and_keeps_those_still_sending() {
     if !root() {
         return;
     }
-    let mut harness = Harness::new();
-    harness.dataplane.writer.set_config(&Config { flow_insert_cost_ns: 0, flow_insert_burst_ns: 0, ..standard_config() }).unwrap();
-    let backends: Vec<IpAddr> = (1..=4).map(backend4).collect();
-    for (n, address) in backends.iter().enumerate() {
-        harness.backend(10 + n as u32, 1, *address, HEALTH_UP);
-    }
-    let table: Vec<u32> = (0..251).map(|slot| 10 + slot % 4).collect();
-    harness.vip(IpAddr::V4(VIP4), 80, PROTOCOL_TCP, 1, VIP_OWNED, &table);
-    // The same backends serve UDP (memberships of VIP 2).
-    for (n, address) in backends.iter().enumerate() {
-        harness.backend(20 + n as u32, 2, *address, HEALTH_UP);
-    }
-    let table: Vec<u32> = (0..251).map(|slot| 20 + slot % 4).collect();
-    harness.vip(IpAddr::V4(VIP4), 80, PROTOCOL_UDP, 2, VIP_OWNED, &table);
+    let mut harness = unlimited_harness();
+    four_backends(&mut harness, PROTOCOL_TCP, 1);
+    four_backends(&mut harness, PROTOCOL_UDP, 2);
     let (client, vip) = (IpAddr::V4(CLIENT4), IpAddr::V4(VIP4));
     let slots = flow_buckets(4096) as usize * FLOW_WAYS;
 
