@@ -8,7 +8,9 @@
 //! every default applied.
 //!
 //! Files: `schema.rs` (the raw serde types), `validate.rs` (rules and defaults), `values.rs`
-//! (durations through humantime, prefixes, MACs), `location.rs` (key path to line), `tests.rs`.
+//! (durations through humantime, prefixes, MACs), `location.rs` (key path to line),
+//! `account.rs` (script users), `security.rs` (what [`load`] checks on the host: who may change
+//! the file and the programs it runs), `tests.rs`, `security_tests.rs`.
 //!
 //! Overlapping VIPs: a VIP on port 0 (all ports) next to another VIP on the same address and
 //! protocol is rejected, because which one a packet should hit would depend on lookup order.
@@ -21,15 +23,20 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::de::DeTable;
 
+pub use account::{effective_uid, ScriptUser};
 use location::{locate, path_at, Locator};
 use schema::RawConfig;
 use validate::Validator;
 pub use values::{parse_duration, parse_mac, parse_prefix};
 
+mod account;
 #[cfg(test)]
 mod election_tests;
 mod location;
 mod schema;
+mod security;
+#[cfg(test)]
+mod security_tests;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -63,6 +70,8 @@ pub const DEFAULT_RISE: u32 = 2;
 pub const DEFAULT_FALL: u32 = 3;
 /// Default probe `jitter`, in percent of the interval.
 pub const DEFAULT_JITTER_PERCENT: u32 = 10;
+/// Default `script_user`: who exec probes run as.
+pub const DEFAULT_SCRIPT_USER: &str = "nobody";
 /// Longest interface name Linux accepts (IFNAMSIZ less the terminating zero).
 const MAX_INTERFACE_NAME: usize = 15;
 /// Longest `instance` name.
@@ -138,6 +147,9 @@ pub struct Config {
     pub flows: Flows,
     /// `probe_defaults`: timing every probe starts from.
     pub probe_defaults: ProbeTiming,
+    /// `script_user`: the user exec probes run as unless a probe names its own `user`; default
+    /// [`DEFAULT_SCRIPT_USER`]. Each exec probe carries the user resolved.
+    pub script_user: String,
     /// `[[vip]]`: the services, in file order.
     pub vips: Vec<Vip>,
     /// `[[election]]`: the VRRP groups whose mastership decides which VIPs this node serves.
@@ -458,10 +470,14 @@ pub enum Check {
     },
     /// "icmp": an echo request is answered.
     Icmp,
-    /// "exec": run a program (never through a shell); exit status 0 is success.
+    /// "exec": run a program (never through a shell) as an unprivileged user, in a process
+    /// group of its own; exit status 0 is success.
     Exec {
-        /// `argv`: program and arguments; required, non-empty.
+        /// `argv`: program and arguments; required, non-empty. [`load`] replaces a bare program
+        /// name with the absolute path PATH gives, the file it checked.
         argv: Vec<String>,
+        /// `user`: who runs it; default the global `script_user`.
+        user: ScriptUser,
     },
     /// "redis": PING answers and the server has the given role.
     Redis {
@@ -520,17 +536,33 @@ pub enum PostgresRole {
     Standby,
 }
 
-/// Reads and validates the configuration file at `path`.
+/// Reads and validates the configuration file at `path`, as the daemon does at start and reload
+/// and `failover-ctl check` does: [`parse`]'s rules, then the host's (`security.rs`): the file
+/// and every exec probe's program, and each directory on the way to them, can be changed by root
+/// alone; each program exists and its user may run it; and a daemon that is not root runs
+/// programs only as itself.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, &path.display().to_string())
+    decode(&text, &path.display().to_string(), |config| {
+        security::check(config, path, effective_uid())
+    })
 }
 
-/// Parses and validates configuration `text`; `file_name` prefixes every message.
+/// Parses and validates configuration `text`; `file_name` prefixes every message. Users are
+/// looked up, but no file is looked at: [`load`] checks those.
 pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigError> {
+    decode(text, file_name, |_| Vec::new())
+}
+
+/// [`parse`], with `host` adding the (key path, message) problems of the checks on the host.
+fn decode(
+    text: &str,
+    file_name: &str,
+    host: impl FnOnce(&mut Config) -> Vec<(String, String)>,
+) -> Result<Config, ConfigError> {
     let locator = Locator { text, file_name };
     let tree = DeTable::parse(text).map_err(|error| ConfigError::Invalid {
         problems: vec![locator.problem_at(error.span(), String::new(), error.message())],
@@ -545,7 +577,8 @@ pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigError> {
         }
     })?;
     let mut validator = Validator::default();
-    let config = validator.config(raw);
+    let mut config = validator.config(raw);
+    validator.problems.extend(host(&mut config));
     if validator.problems.is_empty() {
         return Ok(config);
     }

@@ -18,6 +18,7 @@ pub(super) struct RawConfig {
     pub(super) tunnel: Option<RawTunnel>,
     pub(super) flows: Option<RawFlows>,
     pub(super) probe_defaults: Option<RawTiming>,
+    pub(super) script_user: Option<String>,
     #[serde(default)]
     pub(super) vip: Vec<RawVip>,
     #[serde(default)]
@@ -167,7 +168,7 @@ raw_probe!(RawHttpProbe {
 });
 raw_probe!(RawUdpProbe { port: Option<u16>, send: Option<String>, expect: Option<String> });
 raw_probe!(RawIcmpProbe {});
-raw_probe!(RawExecProbe { argv: Option<Vec<String>> });
+raw_probe!(RawExecProbe { argv: Option<Vec<String>>, user: Option<String> });
 raw_probe!(RawRedisProbe { port: Option<u16>, role: Option<RedisRole> });
 raw_probe!(RawPostgresProbe {
     port: Option<u16>,

@@ -165,7 +165,8 @@ fn example_parses_with_expected_values() {
     };
     assert_eq!(database.backends[0].probe.check, postgres);
     let argv = vec!["/usr/local/bin/check-db".to_owned(), "--standby".to_owned()];
-    assert_eq!(database.backends[1].probe.check, Check::Exec { argv });
+    let user = ScriptUser::lookup(DEFAULT_SCRIPT_USER).unwrap().unwrap();
+    assert_eq!(database.backends[1].probe.check, Check::Exec { argv, user });
     assert_eq!(
         database.backends[2].probe.check,
         Check::Redis {

@@ -12,6 +12,7 @@ use super::values::{parse_address, parse_jitter, parse_positive_duration, Jitter
 
 mod announce;
 mod election;
+mod script;
 use super::*;
 use crate::maglev::{is_prime, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE};
 
@@ -29,6 +30,10 @@ struct Defaults {
 #[derive(Default)]
 pub(super) struct Validator {
     pub(super) problems: Vec<(String, String)>,
+    /// The global `script_user`, resolved before any probe (`validate/script.rs`).
+    script_user: Option<ScriptUser>,
+    /// Why the default `script_user` cannot be used, told at each exec probe relying on it.
+    script_user_problem: Option<String>,
 }
 
 impl Validator {
@@ -98,6 +103,7 @@ impl Validator {
         let tunnel = self.tunnel(raw.tunnel.unwrap_or_default());
         let flows = self.flows(raw.flows.unwrap_or_default());
         let defaults = self.defaults(raw.probe_defaults.unwrap_or_default());
+        let script_user = self.script_user(raw.script_user);
         let probe_defaults = ProbeTiming {
             interval: defaults.interval,
             timeout: defaults.timeout,
@@ -123,6 +129,7 @@ impl Validator {
             tunnel,
             flows,
             probe_defaults,
+            script_user,
             vips,
             elections,
             announce,
@@ -490,7 +497,8 @@ impl Validator {
                         "must name a program: a non-empty list",
                     );
                 }
-                Check::Exec { argv }
+                let user = self.exec_user(path, probe.user);
+                Check::Exec { argv, user }
             }
             RawProbe::Redis(probe) => Check::Redis {
                 port: port(self, Some(probe.port.unwrap_or(6379))),
