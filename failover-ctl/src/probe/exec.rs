@@ -368,8 +368,9 @@ mod tests {
         let start = Instant::now();
         let result = probe_once(&spec(&["sh", "-c", &script]), Duration::from_secs(3)).await;
         assert!(result.success, "{}", result.detail);
-        // The sleeper holds standard error; killing the group closes it at once, no grace wait.
-        assert!(start.elapsed() < Duration::from_millis(500), "{:?}", start.elapsed());
+        // The sleeper holds standard error: the attempt ends with the program, not at its
+        // timeout (3 s), since killing the group closes the pipe.
+        assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
         assert_group_gone(&pids.0).await;
     }
 
