@@ -1,11 +1,26 @@
 //! Redis role probe: a backend is healthy when `INFO replication` reports the expected role.
 
-use std::net::SocketAddr;
+use std::{
+    io,
+    net::SocketAddr,
+    pin::{pin, Pin},
+    task::{ready, Context, Poll},
+};
 
-use redis::{ConnectionAddr, ConnectionInfo, RedisConnectionInfo};
+use futures::future::{select, Either};
+use redis::{aio::MultiplexedConnection, RedisConnectionInfo};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
 
 use super::ProbeError;
 use crate::config::RedisRole;
+
+/// The most a Redis backend may send in one attempt. `INFO replication` is about 100 bytes per
+/// replica; without a cap, a backend announcing `$999999999` would be buffered until it had sent
+/// that much (the client's parser has no limit of its own).
+pub const REPLY_LIMIT: usize = 64 * 1024;
 
 /// What a Redis probe asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,23 +45,32 @@ pub fn reported_role(info: &str) -> Option<&str> {
 }
 
 /// Connects, runs `INFO replication` and compares the role; the caller bounds it with a timeout.
+///
+/// The connection and the task reading its replies both live inside this future, so the timeout
+/// that drops it closes the connection: nothing keeps reading from a backend after the attempt.
 pub async fn probe(spec: &RedisSpec) -> Result<String, ProbeError> {
     let address = spec.address;
     let redis_error = |source| ProbeError::Redis { address, source };
-    let client = redis::Client::open(ConnectionInfo {
-        addr: ConnectionAddr::Tcp(address.ip().to_string(), address.port()),
-        redis: RedisConnectionInfo::default(),
-    })
+    let stream = TcpStream::connect(address)
+        .await
+        .map_err(|source| ProbeError::Connect { address, source })?;
+    let stream = Capped {
+        stream,
+        received: 0,
+    };
+    let (mut connection, driver) =
+        MultiplexedConnection::new(&RedisConnectionInfo::default(), stream)
+            .await
+            .map_err(redis_error)?;
+    let mut command = redis::cmd("INFO");
+    command.arg("replication");
+    let query = pin!(command.query_async::<String>(&mut connection));
+    let info = match select(query, pin!(driver)).await {
+        Either::Left((info, _driver)) => info,
+        // The driver stopped (the backend closed, or sent too much): the query holds why.
+        Either::Right(((), query)) => query.await,
+    }
     .map_err(redis_error)?;
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(redis_error)?;
-    let info: String = redis::cmd("INFO")
-        .arg("replication")
-        .query_async(&mut connection)
-        .await
-        .map_err(redis_error)?;
     let expected = role_name(spec.role);
     match reported_role(&info) {
         Some(actual) if actual == expected => Ok(format!("Redis {address} has role {actual}")),
@@ -55,6 +79,50 @@ pub async fn probe(spec: &RedisSpec) -> Result<String, ProbeError> {
             expected,
             actual: actual.unwrap_or("none").to_owned(),
         }),
+    }
+}
+
+/// A TCP connection that fails its reads once more than [`REPLY_LIMIT`] bytes came in. The last
+/// read may overshoot by one buffer, which is then dropped with the connection.
+struct Capped {
+    stream: TcpStream,
+    received: usize,
+}
+
+impl AsyncRead for Capped {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buffer.filled().len();
+        ready!(Pin::new(&mut this.stream).poll_read(context, buffer))?;
+        this.received += buffer.filled().len() - before;
+        if this.received > REPLY_LIMIT {
+            return Poll::Ready(Err(io::Error::other(format!(
+                "the backend sent more than {REPLY_LIMIT} bytes without completing its answer"
+            ))));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Capped {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(context, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(context)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(context)
     }
 }
 
