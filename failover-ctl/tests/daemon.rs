@@ -499,3 +499,49 @@ fn bad_reload_changes_nothing_and_good_reload_keeps_ids() {
     );
     lab.kill_server(1);
 }
+
+#[test]
+fn control_socket_and_run_directory_are_root_only() {
+    if !root() {
+        return;
+    }
+    use std::os::unix::{fs::MetadataExt, process::CommandExt};
+    // The control socket drains, reloads and stops the data plane: only root may reach it.
+    let lab = Lab::http(&[(1, "primary")]);
+    let paths = &lab.daemon.paths;
+    let socket = paths.control_socket();
+    for (path, expected) in [(&paths.run_dir, 0o700), (&socket, 0o600)] {
+        let metadata = std::fs::metadata(path).unwrap();
+        assert_eq!(
+            metadata.mode() & 0o7777,
+            expected,
+            "{} has mode {:o}",
+            path.display(),
+            metadata.mode() & 0o7777
+        );
+        assert_eq!(metadata.uid(), 0, "{} is not root's", path.display());
+    }
+    // The same CLI, as `nobody`, is refused by the kernel before the daemon sees anything.
+    let output = std::process::Command::new(DAEMON)
+        .args(["--instance", &lab.daemon.instance, "status"])
+        .uid(65534)
+        .gid(65534)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "nobody reached the control socket"
+    );
+    assert!(
+        stderr.contains("Permission denied"),
+        "nobody failed for another reason: {stderr}"
+    );
+    let output = lab.daemon.ctl(&["status"]);
+    assert!(
+        output.status.success(),
+        "root's status: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
