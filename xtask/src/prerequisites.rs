@@ -62,6 +62,13 @@ const PACKAGES: &[Package] = &[
         program: "bird",
         used_for: "BGP announcements of VIPs (the LB nodes and the router of the scale-out tests)",
     },
+    // Debian keeps the server's programs off PATH (/usr/lib/postgresql/VERSION/bin); its
+    // cluster tools, installed with every server version, are on it.
+    Package {
+        name: "postgresql",
+        program: "pg_ctlcluster",
+        used_for: "the PostgreSQL failover test (initdb, pg_ctl, postgres, pg_basebackup from /usr/lib/postgresql/VERSION/bin)",
+    },
 ];
 
 /// The task about to run, which decides what may be missing.

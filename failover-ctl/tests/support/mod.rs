@@ -3,8 +3,9 @@
 //! learns which backend answered, and a guard around the `failover-ctl run` process that stops
 //! it, tears its pins down and deletes the namespaces, also when a test panics. The election
 //! tests add a segment lab (two nodes, router, observer), keepalived, the wire's record and
-//! counted traffic (election, keepalived, wire, traffic, scenario), and the scale-out lab of
-//! BIRD routers announcing VIPs over BGP (bgp) with real traffic through them (scale_out).
+//! counted traffic (election, keepalived, wire, traffic, scenario), the scale-out lab of
+//! BIRD routers announcing VIPs over BGP (bgp) with real traffic through them (scale_out), and a
+//! PostgreSQL primary and standby with a client for the role-probe test (postgres).
 //!
 //! Addresses only have to be unique inside one lab: every lab has its own namespaces.
 
@@ -19,6 +20,7 @@ mod election;
 mod http;
 mod keepalived;
 mod lab;
+mod postgres;
 mod scale_out;
 mod scenario;
 mod topology;
@@ -32,6 +34,6 @@ mod wire;
     reason = "each test binary uses a different part of the support module"
 )]
 pub use {
-    bgp::*, daemon::*, election::*, http::*, keepalived::*, lab::*, scale_out::*, scenario::*, topology::*, traffic::*,
-    wire::*,
+    bgp::*, daemon::*, election::*, http::*, keepalived::*, lab::*, postgres::*, scale_out::*, scenario::*, topology::*,
+    traffic::*, wire::*,
 };

@@ -174,6 +174,21 @@ impl Topology {
         t
     }
 
+    /// A second VIP address beside [`VIP`], for a test whose two VIPs need the same port:
+    /// routed to the load balancer, held on every backend's loopback and decapsulated there.
+    pub fn add_vip(&mut self, address: Ipv4Addr) {
+        self.router
+            .ip(&format!("route add {address}/32 via {LB}"))
+            .unwrap();
+        // The first decap program is the router's NAPI one; the rest are the backends', in order.
+        for (backend, decap) in self.backends.iter().zip(&mut self.decaps[1..]) {
+            backend
+                .ip(&format!("addr add {address}/32 dev lo"))
+                .unwrap();
+            decap.add_vip(IpAddr::V4(address)).unwrap();
+        }
+    }
+
     /// The router's MAC on the load-balancer link: the next hop of every tunnel packet.
     pub fn next_hop_mac(&self) -> String {
         self.router
