@@ -5,17 +5,7 @@
 use std::os::unix::fs::{chown, symlink, PermissionsExt};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::*;
-
-/// Lines 1 to 6 of every test file.
-const BASE: &str = "\
-interfaces = [\"eth0\"]
-[next_hop]
-mac = \"02:00:00:00:00:01\"
-[tunnel]
-source_v4 = \"192.0.2.0/24\"
-source_v6 = \"2001:db8::/64\"
-";
+use super::{tests::BASE, *};
 
 /// Eight lines (7 to 14 after [`BASE`]): a VIP whose backend's exec probe (line 14) is `probe`.
 fn vip(probe: &str) -> String {

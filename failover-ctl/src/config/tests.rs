@@ -5,8 +5,8 @@ use super::*;
 
 const EXAMPLE: &str = include_str!("../../examples/failover.toml");
 
-/// Lines 1 to 6 of every test file; test text starts on line 7.
-const BASE: &str = "\
+/// Lines 1 to 6 of every test file; test text starts on line 7 (the security tests use it too).
+pub(super) const BASE: &str = "\
 interfaces = [\"eth0\"]
 [next_hop]
 mac = \"02:00:00:00:00:01\"
