@@ -20,6 +20,7 @@ mod control;
 mod election;
 mod faults;
 mod scale_out;
+mod soak;
 mod summary;
 mod topology;
 mod traffic;
@@ -79,6 +80,16 @@ pub struct Arguments {
     /// connections watched throughout.
     #[arg(long, conflicts_with = "without_daemon")]
     scale_out: bool,
+    /// Run the same lab and traffic for DURATION (90s, 3m, 30m, 1h30m) with faults chosen at
+    /// random (backend kills, drains, reloads, kill -9 of a daemon), then a table of faults,
+    /// requests, connections broken outside the killed backends (must be 0), the daemons' RSS,
+    /// descriptors and events log (bounded). Prints its seed.
+    #[arg(long, value_name = "DURATION", value_parser = soak::parse_duration,
+          conflicts_with_all = ["quick", "scale_out", "without_daemon", "keep"])]
+    soak: Option<Duration>,
+    /// The soak's random seed, to replay a run's sequence of faults.
+    #[arg(long, value_name = "N", requires = "soak")]
+    seed: Option<u64>,
     /// Use the release binaries already built (skip `cargo build`).
     #[arg(long, hide = true)]
     no_build: bool,
@@ -257,7 +268,7 @@ impl Lab {
         }
         // lb1, the higher priority, ends up master (at once, or by preempting lb2 after its
         // delay if lb2 was ready first).
-        faults::wait_master(observer, &mut self.daemons, 0)?;
+        faults::wait_master(observer, &mut self.daemons, faults::PREFERRED)?;
         for child in &mut self.decaps {
             if let Some(status) = child.try_wait()? {
                 bail!(
@@ -361,11 +372,15 @@ impl Drop for StopOnDrop<'_> {
 
 fn show(lab: &mut Lab, arguments: &Arguments) -> Result<()> {
     let started = Instant::now();
-    let phase = Duration::from_secs(if arguments.quick {
-        2
+    let phase = if arguments.soak.is_some() {
+        soak::PHASE
     } else {
-        arguments.duration.max(1)
-    });
+        Duration::from_secs(if arguments.quick {
+            2
+        } else {
+            arguments.duration.max(1)
+        })
+    };
     let Lab {
         topology,
         daemons,
@@ -381,7 +396,7 @@ fn show(lab: &mut Lab, arguments: &Arguments) -> Result<()> {
         connections: arguments.connections.unwrap_or(12),
         long_period: Duration::from_millis(100),
         // Far beyond the show's length: a bound, not a schedule.
-        limit: Duration::from_secs(600) + phase * 20,
+        limit: Duration::from_secs(600) + phase * 20 + arguments.soak.unwrap_or_default(),
     };
     say(format!(
         "lab: VIP {VIP}:{PORT}/tcp; client {}, load balancers {} (VRRP group {} on {}, next hop {}), backends {}; {} req/s on new connections, {} keep-alive connections",
@@ -400,41 +415,75 @@ fn show(lab: &mut Lab, arguments: &Arguments) -> Result<()> {
         let _stop = StopOnDrop(&stop);
         let traffic = scope.spawn(|| traffic::run(&topology.client, settings, &stats, &stop));
         scope.spawn(|| report(&stats, &stop, settings.connections, observer));
-        let rows = match observer {
-            Some(observer) if !daemons.is_empty() => faults::run(&mut faults::Stage {
-                topology,
-                daemons,
-                backends,
-                stats: &stats,
-                observer,
-                phase,
-            }),
+        let soak = arguments.soak.map(|duration| {
+            let seed = arguments.seed.unwrap_or_else(soak::Random::fresh_seed);
+            say(format!("lab: soak seed {seed} (replay with --seed {seed})"));
+            (duration, seed)
+        });
+        let outcome = match observer {
+            Some(observer) if !daemons.is_empty() => {
+                let mut stage = faults::Stage {
+                    topology,
+                    daemons,
+                    backends,
+                    stats: &stats,
+                    observer,
+                    phase,
+                };
+                match soak {
+                    Some((duration, seed)) => {
+                        soak::run(&mut stage, duration, seed).map(|report| Outcome::Soak(Box::new(report)))
+                    }
+                    None => faults::run(&mut stage).map(Outcome::Rows),
+                }
+            }
             _ => sleep(phase * 2).map(|()| {
-                vec![Row {
+                Outcome::Rows(vec![Row {
                     window: stats.snapshot(),
                     ..Row::new(Phase::SteadyWithoutDaemon, "steady (no daemon)")
-                }]
+                }])
             }),
         };
         stop.store(true, Ordering::Relaxed);
         let traffic = traffic
             .join()
             .map_err(|_| anyhow::anyhow!("the traffic panicked"))?;
-        let rows = rows?;
+        let outcome = outcome?;
         traffic?;
-        control::conclude(
-            summary::table(&rows),
-            arguments.json.then(|| summary::json_lines(&rows)),
-            format!(
-                "lab: the traffic and faults took {:.1} s; link-down takeover bound: Master_Down_Interval of {} + one interval = {:.1} ms",
-                started.elapsed().as_secs_f64(),
-                lb_name(1),
-                summary::takeover_bound().as_secs_f64() * 1000.0
+        match outcome {
+            Outcome::Rows(rows) => control::conclude(
+                summary::table(&rows),
+                arguments.json.then(|| summary::json_lines(&rows)),
+                format!(
+                    "lab: the traffic and faults took {:.1} s; link-down takeover bound: Master_Down_Interval of {} + one interval = {:.1} ms",
+                    started.elapsed().as_secs_f64(),
+                    lb_name(1),
+                    summary::takeover_bound().as_secs_f64() * 1000.0
+                ),
+                failed_checks(&rows),
+                "the lab",
             ),
-            failed_checks(&rows),
-            "the lab",
-        )
+            Outcome::Soak(report) => {
+                let failures = soak::failed_checks(&report);
+                control::conclude(
+                    soak::table(&report),
+                    arguments.json.then(|| vec![soak::json(&report, &failures)]),
+                    format!(
+                        "lab: the soak took {:.1} s with the start-up",
+                        started.elapsed().as_secs_f64()
+                    ),
+                    failures,
+                    "the soak",
+                )
+            }
+        }
     })
+}
+
+/// What the faults produced: the fault sequence's rows, or a soak's report.
+enum Outcome {
+    Rows(Vec<Row>),
+    Soak(Box<soak::Report>),
 }
 
 /// Prints one line a second: each backend's share and the success rate of that second, and the

@@ -342,6 +342,38 @@ impl Daemon {
         }
     }
 
+    /// The running daemon's process id (`failover-ctl --netns` enters the namespace itself, so
+    /// the child is the daemon).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGHUP: the daemon re-reads its configuration.
+    pub fn hangup(&self) -> Result<()> {
+        let pid = self
+            .pid()
+            .with_context(|| format!("the daemon of {} is not running", self.name))?;
+        // SAFETY: a plain kill(2) on a child we have not reaped yet.
+        if unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) } != 0 {
+            bail!(
+                "kill -HUP {pid} ({}): {}",
+                self.name,
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+
+    /// `failover-ctl reload`: the daemon re-reads its configuration and says what changed.
+    pub fn reload(&self) -> Result<()> {
+        self.ctl(&["reload"]).map(drop)
+    }
+
+    /// The daemon's event log on disk (`events.jsonl` in its runtime directory).
+    pub fn events_file(&self) -> PathBuf {
+        self.runtime_file("events.jsonl")
+    }
+
     /// SIGTERM and wait: the daemon stops, leaving the data plane pinned.
     pub fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -21,6 +21,8 @@ use super::{
     wire::{self, Observer, Takeover},
 };
 
+/// The load balancer with the highest priority: master whenever it can be.
+pub const PREFERRED: usize = 0;
 /// Longest wait for a daemon's reaction to a fault.
 const REACTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for the preferred master to hold the group (startup, after a fault).
@@ -43,7 +45,6 @@ pub struct Stage<'a> {
 }
 
 pub fn run(stage: &mut Stage) -> Result<Vec<Row>> {
-    let dir = control::run_dir(std::process::id());
     let programs = Programs::find()?;
     let mut rows = Vec::new();
     let victim = 1; // backend2
@@ -57,7 +58,22 @@ pub fn run(stage: &mut Stage) -> Result<Vec<Row>> {
     finish(stage, before, &mut row);
     rows.push(row);
 
-    // (1) Kill a backend: its probes fail, the daemons mark it down and republish.
+    rows.push(kill_backend(stage, victim)?);
+    rows.push(restart_backend(stage, &programs, victim)?);
+    // An operator drains on every load balancer, or a takeover would change the table under the
+    // connections.
+    rows.push(set_drained(stage, drained, true)?);
+    rows.push(set_drained(stage, drained, false)?);
+    let lb = master(stage.observer)?;
+    rows.push(kill_daemon(stage, lb)?);
+    rows.extend(link_down_and_up(stage)?);
+    rows.push(resign(stage)?);
+    Ok(rows)
+}
+
+/// Kills backend `victim`'s server (SIGKILL): its probes fail, the daemons mark it down and
+/// republish. Timed by the master's failover event.
+pub(super) fn kill_backend(stage: &mut Stage, victim: usize) -> Result<Row> {
     say(format!(
         "==> kill -9 {} ({})",
         backend_name(victim),
@@ -71,53 +87,81 @@ pub fn run(stage: &mut Stage) -> Result<Vec<Row>> {
         let _ = child.wait();
     }
     let row = Row::new(Phase::KillBackend, format!("kill {}", backend_name(victim)));
-    rows.push(reaction(
-        stage,
-        before,
-        t0,
-        row,
-        failover_of(victim, "down"),
-    )?);
+    reaction(stage, before, t0, row, failover_of(victim, "down"))
+}
 
-    // (2) Bring it back: rise successes, then it serves new flows again.
+/// Brings killed backend `victim` back: rise successes, then it serves new flows again.
+pub(super) fn restart_backend(
+    stage: &mut Stage,
+    programs: &Programs,
+    victim: usize,
+) -> Result<Row> {
     say(format!("==> restart {}", backend_name(victim)));
     quiet(stage.stats)?;
     let before = stage.stats.snapshot();
     let t0 = now_millis();
     let namespace = &stage.topology.backends[victim];
-    stage.backends[victim] = Some(control::start_backend(&programs, namespace, victim, &dir)?);
+    let dir = control::run_dir(std::process::id());
+    stage.backends[victim] = Some(control::start_backend(programs, namespace, victim, &dir)?);
     let row = Row::new(
         Phase::RestartBackend,
         format!("restart {}", backend_name(victim)),
     );
-    rows.push(reaction(stage, before, t0, row, failover_of(victim, "up"))?);
+    reaction(stage, before, t0, row, failover_of(victim, "up"))
+}
 
-    // (3) Drain: no new flows, established ones continue; then undrain. An operator drains on
-    // every load balancer, or a takeover would change the table under the connections.
-    for drain in [true, false] {
-        let verb = if drain { "drain" } else { "undrain" };
-        say(format!(
-            "==> {verb} {} ({}) on every load balancer",
-            backend_name(drained),
-            backend_address(drained)
-        ));
-        quiet(stage.stats)?;
-        let before = stage.stats.snapshot();
-        let t0 = now_millis();
-        for daemon in stage.daemons.iter() {
-            daemon.drain(drained, drain)?;
-        }
-        let phase = if drain { Phase::Drain } else { Phase::Undrain };
-        let row = Row::new(phase, format!("{verb} {}", backend_name(drained)));
-        rows.push(reaction(stage, before, t0, row, move |event| {
-            event.kind == verb && event.is_about(drained)
-        })?);
+/// Drains (no new flows, established ones continue) or undrains backend `index` on every load
+/// balancer.
+pub(super) fn set_drained(stage: &mut Stage, index: usize, drain: bool) -> Result<Row> {
+    let verb = if drain { "drain" } else { "undrain" };
+    say(format!(
+        "==> {verb} {} ({}) on every load balancer",
+        backend_name(index),
+        backend_address(index)
+    ));
+    quiet(stage.stats)?;
+    let before = stage.stats.snapshot();
+    let t0 = now_millis();
+    for daemon in stage.daemons.iter() {
+        daemon.drain(index, drain)?;
     }
+    let phase = if drain { Phase::Drain } else { Phase::Undrain };
+    let row = Row::new(phase, format!("{verb} {}", backend_name(index)));
+    reaction(stage, before, t0, row, move |event| {
+        event.kind == verb && event.is_about(index)
+    })
+}
 
-    rows.push(kill_daemon(stage)?);
-    rows.extend(link_down_and_up(stage)?);
-    rows.push(resign(stage)?);
-    Ok(rows)
+/// How a reload is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// `kill -HUP` the daemon.
+    Hangup,
+    /// `failover-ctl reload` over the control socket.
+    Command,
+}
+
+/// Reloads load balancer `lb`'s daemon (its configuration as the caller left it): nothing the
+/// traffic sees may change when the configuration did not. Timed by that daemon's `reloaded`
+/// event.
+pub(super) fn reload(stage: &mut Stage, lb: usize, how: Reload) -> Result<Row> {
+    let name = match how {
+        Reload::Hangup => format!("reload {} (SIGHUP)", lb_name(lb)),
+        Reload::Command => format!("reload {}", lb_name(lb)),
+    };
+    say(format!("==> {name}"));
+    quiet(stage.stats)?;
+    let before = stage.stats.snapshot();
+    let t0 = now_millis();
+    match how {
+        Reload::Hangup => stage.daemons[lb].hangup()?,
+        Reload::Command => stage.daemons[lb].reload()?,
+    }
+    let event = wait_event(&mut stage.daemons[lb], t0, |event| event.kind == "reloaded")?;
+    let mut row = record_event(Row::new(Phase::Reload, name), t0, event.as_ref());
+    sleep(stage.phase)?;
+    finish(stage, before, &mut row);
+    Ok(row)
 }
 
 /// Waits until the traffic has been free of failures for `QUIET` (or `QUIET_TIMEOUT` passed:
@@ -140,7 +184,7 @@ pub(super) fn quiet(stats: &Stats) -> Result<()> {
 }
 
 /// The load balancer that is master now, as the wire shows.
-fn master(observer: &Observer) -> Result<usize> {
+pub(super) fn master(observer: &Observer) -> Result<usize> {
     let (_, master) = wire::replay(&observer.adverts()?, config::VRID, 0);
     master
         .and_then(lb_index)
@@ -203,13 +247,18 @@ fn describe(takeover: &Takeover, t0_us: u64) -> String {
     )
 }
 
-/// (4) Kill -9 the master's daemon: its pinned data plane keeps forwarding with the ownership
-/// it had; the backup hears no adverts and takes over; the restarted daemon adopts the data
-/// plane as a backup and takes back after its preempt delay.
-fn kill_daemon(stage: &mut Stage) -> Result<Row> {
-    let lb = master(stage.observer)?;
+/// (4) Kill -9 load balancer `lb`'s daemon and restart it after half a phase. The master's:
+/// its pinned data plane keeps forwarding with the ownership it had; the backup hears no adverts
+/// and takes over; the restarted daemon adopts the data plane as a backup and takes back after
+/// its preempt delay. The backup's: nothing the traffic sees changes.
+pub(super) fn kill_daemon(stage: &mut Stage, lb: usize) -> Result<Row> {
+    let role = if master(stage.observer).ok() == Some(lb) {
+        "master"
+    } else {
+        "backup"
+    };
     say(format!(
-        "==> kill -9 the daemon of {} (master); restart it after {:?}",
+        "==> kill -9 the daemon of {} ({role}); restart it after {:?}",
         lb_name(lb),
         stage.phase / 2
     ));
@@ -227,7 +276,7 @@ fn kill_daemon(stage: &mut Stage) -> Result<Row> {
     let mut row = record_event(row, t0, event.as_ref());
     // Back to the preferred master before the next fault (its preempt delay runs from the
     // restart), then the window.
-    wait_master(stage.observer, stage.daemons, lb)?;
+    wait_master(stage.observer, stage.daemons, PREFERRED)?;
     sleep(stage.phase)?;
     let (takeovers, _) = wire::replay(&stage.observer.adverts()?, config::VRID, t0_us);
     row.takeover = takeovers.first().and_then(Takeover::gap_us);

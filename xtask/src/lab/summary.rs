@@ -36,6 +36,8 @@ pub enum Phase {
     LinkUp,
     /// `election resign` on the master.
     Resign,
+    /// A daemon re-reads an unchanged (or trivially changed) configuration: `--soak` only.
+    Reload,
 }
 
 /// One row of the summary.
@@ -182,6 +184,13 @@ impl Phase {
                 no_broken_connections: true,
                 takeover: true,
                 not_before: Some(PREEMPT_DELAY),
+                ..Promise::default()
+            },
+            // Nothing the traffic sees changes: the tables are rebuilt the same.
+            Phase::Reload => Promise {
+                no_failed_requests: true,
+                no_broken_connections: true,
+                event: Some("the reload"),
                 ..Promise::default()
             },
             Phase::Resign => Promise {

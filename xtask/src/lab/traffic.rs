@@ -57,6 +57,22 @@ pub struct Stats {
     /// The client port of each long-lived connection established now, by connection: what the
     /// scale-out lab asks the router's ECMP about.
     long_ports: Mutex<BTreeMap<usize, u16>>,
+    /// Every broken long-lived connection (the first `BREAKS_KEPT`): which backend it was on and
+    /// when, so that the soak can tell a connection of a killed backend from a healthy one.
+    breaks: Mutex<Vec<Break>>,
+}
+
+/// At most this many breaks are kept (a soak breaks a few per backend kill).
+const BREAKS_KEPT: usize = 100_000;
+
+/// One established long-lived connection that broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Break {
+    /// The backend that answered its first request (and every one until the break).
+    pub backend: usize,
+    /// When it was established and when it broke, ms since the Unix epoch.
+    pub established_ms: u64,
+    pub broken_ms: u64,
 }
 
 /// A copy of the counters at one moment; differences of two give a window.
@@ -73,10 +89,7 @@ pub struct Snapshot {
 
 impl Stats {
     fn trouble(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_millis() as u64);
-        self.last_trouble.store(now, Ordering::Relaxed);
+        self.last_trouble.store(now_ms(), Ordering::Relaxed);
     }
 
     /// When a request last failed or a connection last broke (ms since the Unix epoch), if ever.
@@ -98,6 +111,22 @@ impl Stats {
                 Some(port) => ports.insert(connection, port),
                 None => ports.remove(&connection),
             };
+        }
+    }
+
+    /// The broken connections so far, in the order they broke.
+    pub fn breaks(&self) -> Vec<Break> {
+        self.breaks
+            .lock()
+            .map(|breaks| breaks.clone())
+            .unwrap_or_default()
+    }
+
+    fn record_break(&self, record: Break) {
+        if let Ok(mut breaks) = self.breaks.lock() {
+            if breaks.len() < BREAKS_KEPT {
+                breaks.push(record);
+            }
         }
     }
 
@@ -160,6 +189,12 @@ impl Snapshot {
         ));
         line
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 /// Which backend answered: the body is `<name>\n`.
@@ -286,6 +321,7 @@ fn long_connection(
             .ok()
             .map(|address| address.port());
         stats.set_long_port(connection, port);
+        let established_ms = now_ms();
         stats.long_answered.fetch_add(1, Ordering::Relaxed);
         stats.established.fetch_add(1, Ordering::Relaxed);
         stats.established_on[backend].fetch_add(1, Ordering::Relaxed);
@@ -302,6 +338,11 @@ fn long_connection(
                 == Some(backend);
             if !same {
                 stats.trouble();
+                stats.record_break(Break {
+                    backend,
+                    established_ms,
+                    broken_ms: now_ms(),
+                });
                 stats.broken.fetch_add(1, Ordering::Relaxed);
                 break;
             }
