@@ -73,6 +73,8 @@ pub struct Break {
     /// When it was established and when it broke, ms since the Unix epoch.
     pub established_ms: u64,
     pub broken_ms: u64,
+    /// Its client port (its flow's 5-tuple is client:port -> VIP:PORT/tcp).
+    pub port: Option<u16>,
 }
 
 /// A copy of the counters at one moment; differences of two give a window.
@@ -342,6 +344,7 @@ fn long_connection(
                     backend,
                     established_ms,
                     broken_ms: now_ms(),
+                    port,
                 });
                 stats.broken.fetch_add(1, Ordering::Relaxed);
                 break;

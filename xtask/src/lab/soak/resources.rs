@@ -29,6 +29,9 @@ pub struct Sample {
     /// Seconds since the soak began.
     pub at_s: u64,
     pub rss_kib: u64,
+    /// `RssAnon`: the heap and stacks. Most of VmRSS is `RssFile`, the BPF maps the daemon
+    /// maps into memory, whose pages count once touched.
+    pub anon_kib: u64,
     pub fds: u64,
 }
 
@@ -70,12 +73,20 @@ impl Resources {
             }
             let status = fs::read_to_string(format!("/proc/{pid}/status"))
                 .with_context(|| format!("reading /proc/{pid}/status ({})", daemon.name))?;
-            let rss_kib = vm_rss_kib(&status)
-                .with_context(|| format!("no VmRSS in /proc/{pid}/status ({})", daemon.name))?;
+            let field = |name| {
+                status_kib(&status, name)
+                    .with_context(|| format!("no {name} in /proc/{pid}/status ({})", daemon.name))
+            };
+            let (rss_kib, anon_kib) = (field("VmRSS")?, field("RssAnon")?);
             let fds = fs::read_dir(format!("/proc/{pid}/fd"))
                 .with_context(|| format!("listing /proc/{pid}/fd ({})", daemon.name))?
                 .count() as u64;
-            let entry = Sample { at_s, rss_kib, fds };
+            let entry = Sample {
+                at_s,
+                rss_kib,
+                anon_kib,
+                fds,
+            };
             match known {
                 Some(index) => self.series[index].samples.push(entry),
                 None => self.series.push(Series {
@@ -156,14 +167,14 @@ impl Resources {
     /// The table's lines: one per series, one per events log, and the bounds.
     pub fn lines(&self) -> Vec<String> {
         let mut lines = vec![format!(
-            "{:<6} {:>8} {:>8}  {:<44}  fds",
-            "daemon", "pid", "samples", "RSS MiB (start or restart, each minute, end)"
+            "{:<6} {:>8} {:>8}  RSS MiB (anon) at start or restart, each minute, end | fds",
+            "daemon", "pid", "samples"
         )];
         for series in &self.series {
             let rss: Vec<String> = series
                 .samples
                 .iter()
-                .map(|sample| mib(sample.rss_kib))
+                .map(|sample| format!("{} ({})", mib(sample.rss_kib), mib(sample.anon_kib)))
                 .collect();
             let fds: Vec<String> = series
                 .samples
@@ -171,7 +182,7 @@ impl Resources {
                 .map(|sample| sample.fds.to_string())
                 .collect();
             lines.push(format!(
-                "{:<6} {:>8} {:>8}  {:<44}  {}",
+                "{:<6} {:>8} {:>8}  {} | {}",
                 series.daemon,
                 series.pid,
                 series.samples.len(),
@@ -206,6 +217,7 @@ impl Resources {
                     "pid": series.pid,
                     "at_s": series.samples.iter().map(|sample| sample.at_s).collect::<Vec<_>>(),
                     "rss_kib": series.samples.iter().map(|sample| sample.rss_kib).collect::<Vec<_>>(),
+                    "anon_kib": series.samples.iter().map(|sample| sample.anon_kib).collect::<Vec<_>>(),
                     "fds": series.samples.iter().map(|sample| sample.fds).collect::<Vec<_>>(),
                 })
             })
@@ -223,11 +235,11 @@ fn mib(kib: u64) -> String {
     format!("{:.1}", kib as f64 / 1024.0)
 }
 
-/// The `VmRSS:` line of /proc/PID/status, in KiB.
-fn vm_rss_kib(status: &str) -> Option<u64> {
+/// A `NAME:` line of /proc/PID/status (`VmRSS`, `RssAnon`), in KiB.
+fn status_kib(status: &str, name: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))?
         .split_whitespace()
         .next()?
         .parse()
@@ -240,9 +252,10 @@ mod tests {
 
     #[test]
     fn reads_vm_rss() {
-        let status = "Name:\tfailover-ctl\nVmPeak:\t  9000 kB\nVmRSS:\t   12345 kB\nThreads:\t4\n";
-        assert_eq!(vm_rss_kib(status), Some(12345));
-        assert_eq!(vm_rss_kib("Name:\tx\n"), None);
+        let status = "Name:\tfailover-ctl\nVmPeak:\t  9000 kB\nVmRSS:\t   12345 kB\nRssAnon:\t 3164 kB\nThreads:\t4\n";
+        assert_eq!(status_kib(status, "VmRSS"), Some(12345));
+        assert_eq!(status_kib(status, "RssAnon"), Some(3164));
+        assert_eq!(status_kib("Name:\tx\n", "VmRSS"), None);
     }
 
     fn resources(rss: &[u64], fds: &[u64]) -> Resources {
@@ -257,6 +270,7 @@ mod tests {
                     .map(|(index, (&rss_kib, &fds))| Sample {
                         at_s: index as u64 * 60,
                         rss_kib,
+                        anon_kib: rss_kib / 10,
                         fds,
                     })
                     .collect(),
