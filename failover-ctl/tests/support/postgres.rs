@@ -275,16 +275,22 @@ pub enum SqlOutcome {
     Failed(String),
 }
 
-/// Runs `sql`, whose first row must be `(cluster_name, pg_is_in_recovery())`, over a new
-/// connection to `address` from the calling thread's namespace.
-async fn sql_execute(address: SocketAddr, sql: &str) -> SqlOutcome {
+/// How the test's client connects to the server at `address`: as `postgres`, to its database.
+fn client_config(address: SocketAddr, connect_timeout: Duration) -> tokio_postgres::Config {
     let mut config = tokio_postgres::Config::new();
     config
         .hostaddr(address.ip())
         .port(address.port())
         .user("postgres")
         .dbname("postgres")
-        .connect_timeout(CONNECT_TIMEOUT);
+        .connect_timeout(connect_timeout);
+    config
+}
+
+/// Runs `sql`, whose first row must be `(cluster_name, pg_is_in_recovery())`, over a new
+/// connection to `address` from the calling thread's namespace.
+async fn sql_execute(address: SocketAddr, sql: &str) -> SqlOutcome {
+    let config = client_config(address, CONNECT_TIMEOUT);
     let (client, connection) =
         match tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls)).await {
             Err(_) => return SqlOutcome::NoConnection("timed out".into()),
@@ -417,14 +423,7 @@ pub fn sql_rows(namespace: &Namespace, address: SocketAddr) -> BTreeSet<i64> {
     namespace
         .enter(|| {
             runtime().block_on(async {
-                let mut config = tokio_postgres::Config::new();
-                config
-                    .hostaddr(address.ip())
-                    .port(address.port())
-                    .user("postgres")
-                    .dbname("postgres")
-                    .connect_timeout(ANSWER_TIMEOUT);
-                let (client, connection) = config.connect(NoTls).await.unwrap();
+                let (client, connection) = client_config(address, ANSWER_TIMEOUT).connect(NoTls).await.unwrap();
                 let driver = tokio::spawn(connection);
                 let rows = client.query("SELECT n FROM writes", &[]).await.unwrap();
                 drop(client);

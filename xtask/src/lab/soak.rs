@@ -99,6 +99,13 @@ struct Window {
     to_ms: u64,
 }
 
+impl Window {
+    /// The window of a fault on `backend` that began at `from_ms` and ends now.
+    fn until_now(backend: usize, killed: bool, from_ms: u64) -> Self {
+        Self { backend, killed, from_ms, to_ms: now_millis() }
+    }
+}
+
 /// Broken connections by cause.
 #[derive(Debug, Default, Clone)]
 pub struct Breaks {
@@ -159,12 +166,7 @@ pub fn run(stage: &mut Stage, duration: Duration, seed: u64) -> Result<Report> {
                 let mut rows = vec![faults::kill_backend(stage, victim)?];
                 sleep(random.between(Duration::ZERO, Duration::from_secs(3)))?;
                 rows.push(faults::restart_backend(stage, &programs, victim)?);
-                windows.push(Window {
-                    backend: victim,
-                    killed: true,
-                    from_ms,
-                    to_ms: now_millis(),
-                });
+                windows.push(Window::until_now(victim, true, from_ms));
                 ("kill a backend, restart it".to_owned(), rows)
             }
             3..=5 => {
@@ -172,12 +174,7 @@ pub fn run(stage: &mut Stage, duration: Duration, seed: u64) -> Result<Report> {
                 let mut rows = vec![faults::set_drained(stage, drained, true)?];
                 sleep(random.between(Duration::ZERO, Duration::from_secs(3)))?;
                 rows.push(faults::set_drained(stage, drained, false)?);
-                windows.push(Window {
-                    backend: drained,
-                    killed: false,
-                    from_ms,
-                    to_ms: now_millis(),
-                });
+                windows.push(Window::until_now(drained, false, from_ms));
                 ("drain a backend, undrain it".to_owned(), rows)
             }
             6..=8 => {
