@@ -17,6 +17,18 @@ pub fn workspace_root() -> Result<PathBuf> {
         .context("xtask's manifest directory has no parent")
 }
 
+/// cargo's target directory (CARGO_TARGET_DIR and configuration included), from `cargo
+/// metadata`.
+pub fn target_dir() -> Result<PathBuf> {
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .cargo_path(cargo_program())
+        .current_dir(workspace_root()?)
+        .no_deps()
+        .exec()
+        .context("`cargo metadata` failed")?;
+    Ok(metadata.target_directory.into_std_path_buf())
+}
+
 /// The cargo that runs xtask (`cargo run` sets CARGO), so every task uses the caller's toolchain.
 pub fn cargo_program() -> OsString {
     env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"))

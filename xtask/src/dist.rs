@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use cargo_metadata::{Message, MetadataCommand};
+use cargo_metadata::Message;
 
 use crate::{
     command::{self, describe},
@@ -63,7 +63,7 @@ pub fn run(arguments: Arguments) -> Result<()> {
     let root = command::workspace_root()?;
     let out = match arguments.out {
         Some(out) => out,
-        None => target_directory()?.join("dist"),
+        None => command::target_dir()?.join("dist"),
     };
     let built = build_release()?;
     let layout = Layout::new(&out);
@@ -122,17 +122,6 @@ fn output(command: &mut Command) -> Result<Vec<u8>> {
         bail!("`{text}` failed ({})", result.status);
     }
     Ok(result.stdout)
-}
-
-/// cargo's target directory (CARGO_TARGET_DIR and configuration included).
-fn target_directory() -> Result<PathBuf> {
-    let metadata = MetadataCommand::new()
-        .cargo_path(command::cargo_program())
-        .current_dir(command::workspace_root()?)
-        .no_deps()
-        .exec()
-        .context("`cargo metadata` failed")?;
-    Ok(metadata.target_directory.into_std_path_buf())
 }
 
 /// Builds failover-ctl in release and returns the binary's path, from cargo's JSON messages.

@@ -10,6 +10,8 @@ mod toolchain;
 
 use anyhow::{bail, Result};
 
+use crate::command;
+
 pub use report::Finding;
 use report::{kernel_message, Blocker, Missing};
 use system::Package;
@@ -87,6 +89,9 @@ pub fn survey() -> Vec<Finding> {
     let root = is_root();
     let mut findings: Vec<Finding> = PACKAGES.iter().map(system::check_package).collect();
     findings.push(system::check_bpffs());
+    if let Ok(target) = command::target_dir() {
+        findings.push(system::check_disk(&target));
+    }
     findings.extend(kernel::check(root));
     findings.extend(toolchain::check());
     findings
@@ -148,6 +153,12 @@ pub fn ensure(task: Task) -> Result<()> {
         if missing.bpffs {
             system::mount_bpffs()?;
         }
+    }
+    // Not a refusal: a build already there needs little more. But a full disk shows up as an
+    // LLVM or linker crash in the middle of the build, so say it first.
+    let disk = system::check_disk(&command::target_dir()?);
+    if disk.is_missing() {
+        eprintln!("xtask: warning: {}", disk.line());
     }
     if let Some(message) = kernel_message(&kernel::check(root)) {
         bail!("{message}");

@@ -51,11 +51,7 @@ pub fn run(arguments: Arguments) -> Result<()> {
 
 /// `target/xtask/test-skips.log` (or under CARGO_TARGET_DIR), emptied at every run.
 fn skip_log() -> Result<PathBuf> {
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(directory) => PathBuf::from(directory),
-        None => command::workspace_root()?.join("target"),
-    };
-    Ok(target.join("xtask").join("test-skips.log"))
+    Ok(command::target_dir()?.join("xtask").join("test-skips.log"))
 }
 
 fn read_skips(log: &Path) -> Result<Vec<String>> {

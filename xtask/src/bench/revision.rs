@@ -37,9 +37,7 @@ pub struct Revision {
 /// Everything `--against` keeps, under the target directory: `objects/<commit>/failover`, the
 /// nested build's target directory, and `worktrees/<pid>` while a build runs.
 fn base_directory() -> Result<PathBuf> {
-    let root = command::workspace_root()?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |dir| root.join(dir));
-    Ok(target.join("bench-against"))
+    Ok(command::target_dir()?.join("bench-against"))
 }
 
 fn cached_object(base: &Path, commit: &str) -> PathBuf {

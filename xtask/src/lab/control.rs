@@ -136,16 +136,7 @@ pub struct Programs {
 
 impl Programs {
     pub fn find() -> Result<Self> {
-        let metadata = cargo_metadata::MetadataCommand::new()
-            .cargo_path(crate::command::cargo_program())
-            .current_dir(crate::command::workspace_root()?)
-            .no_deps()
-            .exec()
-            .context("`cargo metadata` failed")?;
-        let release = metadata
-            .target_directory
-            .into_std_path_buf()
-            .join("release");
+        let release = crate::command::target_dir()?.join("release");
         let programs = Self {
             failover_ctl: release.join("failover-ctl"),
             lab_backend: release.join("lab-backend"),

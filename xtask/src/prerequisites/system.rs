@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::report::{parse_dpkg_status, Finding, Kind, Status, BPFFS};
+use super::report::{disk_status, parse_dpkg_status, Finding, Kind, Status, BPFFS};
 use crate::command::{self, probe};
 
 /// A Debian package a task needs, and the program whose presence proves it is installed.
@@ -111,6 +111,29 @@ pub fn check_bpffs() -> Finding {
         Err(error) => Status::Missing(format!("{error:#}")),
     };
     Finding::new(Kind::Mount, "bpffs", status)
+}
+
+/// Free space in the directory cargo builds into (or the nearest existing parent of it).
+pub fn check_disk(target: &Path) -> Finding {
+    let existing = target.ancestors().find(|path| path.exists()).unwrap_or(target);
+    let status = match free_bytes(existing) {
+        Ok(free) => disk_status(free, &target.display().to_string()),
+        Err(error) => Status::Unchecked(format!("{error:#}")),
+    };
+    Finding::new(Kind::Disk, "build space", status)
+}
+
+/// The bytes an unprivileged writer may still use on the file system holding `path`.
+fn free_bytes(path: &Path) -> Result<u64> {
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statvfs only writes into the struct we pass; an all-zero statvfs is valid.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a pointer to a statvfs we own.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        let error = std::io::Error::last_os_error();
+        bail!("statvfs {}: {error}", path.display());
+    }
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// The `f_type` statfs reports for `path`.
