@@ -194,6 +194,70 @@ fn resign_hands_over_within_skew() {
     assert!(new.lines().last().is_some_and(|line| line.starts_with("GROUP edge MASTER ")), "node 1 notify log:\n{new}");
 }
 
+/// A node that serves a group again must not follow what it tracked before: a client port used
+/// while a backend was out (the flow placed on another backend), reused for a new connection
+/// while the other node was master (placed by the full table, as that node chose), would be sent
+/// to the old backend when mastership comes back, and reset. Node 0 forgets the group's flows
+/// when it lets go; the connection opened through node 1 carries on through node 0, on the
+/// same backend.
+#[test]
+fn a_returning_master_follows_the_table_not_its_old_flows() {
+    if !prerequisites() {
+        return;
+    }
+    const PORT: u16 = 45_000;
+    let lab = two_of_ours();
+    let client = &lab.segment.client;
+    let first = Connection::open_from(client, 80, PORT).unwrap();
+    let chosen = first.backend.clone();
+    first.reset();
+    let index = (0..BACKENDS).find(|index| backend_name(*index) == chosen).unwrap();
+    let address = backend_address(index).to_string();
+    let maintenance = |state: &str| {
+        for node in 0..2 {
+            let output = lab.ours(node).ctl(&["maintenance", "web", &address, state]);
+            assert!(output.status.success(), "maintenance {state} on node {node}: {}", String::from_utf8_lossy(&output.stderr));
+        }
+    };
+    // The table's backend for the port goes out: node 0 places the port's next connection on
+    // another one, and keeps that entry after the backend is back.
+    maintenance("on");
+    let elsewhere = wait_for(Duration::from_secs(3), || {
+        let connection = Connection::open_from(client, 80, PORT).unwrap();
+        let backend = connection.backend.clone();
+        connection.reset();
+        (backend != chosen).then_some(backend)
+    })
+    .unwrap_or_else(|| panic!("the port's connections still reach {chosen} with it in maintenance"));
+    maintenance("off");
+    assert_same_tables(&lab);
+
+    // Node 1 takes over; a new connection from the same port is placed by the table.
+    let resigned = wall_now();
+    assert!(lab.ours(0).ctl(&["election", "resign", "edge"]).status.success());
+    lab.observer.takeover(VRID, node(0), node(1), resigned, Duration::from_secs(3));
+    wait_neighbour(&lab, 1);
+    lab.wait_state(0, "backup", Duration::from_secs(3));
+    let forgot = wait_for(Duration::from_secs(3), || lab.ours(0).events().into_iter().find(|event| event.detail.contains("forgot")));
+    let mut connection = Connection::open_from(client, 80, PORT).unwrap();
+    assert_eq!(connection.backend, chosen, "through node 1 the port goes where the table says");
+
+    // Node 0 back: node 1 resigns. The connection must carry on with its backend.
+    let handed_back = wall_now();
+    assert!(lab.ours(1).ctl(&["election", "resign", "edge"]).status.success());
+    lab.observer.takeover(VRID, node(1), node(0), handed_back, Duration::from_secs(3));
+    wait_neighbour(&lab, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let outcome = (0..5).map(|_| connection.request()).collect::<Result<Vec<()>, String>>();
+    eprintln!(
+        "election-result stale flows: port {PORT} on {chosen}, on {elsewhere} while {chosen} was out; node 0 on letting go: {:?}; through node 0 again: {outcome:?}",
+        forgot.as_ref().map(|event| event.detail.as_str())
+    );
+    assert!(forgot.is_some(), "node 0 recorded no forgetting: {:#?}", lab.ours(0).events());
+    assert_eq!(outcome, Ok(vec![(); 5]), "the connection broke when node 0 served again (its old entry sent it to {elsewhere})");
+    connection.reset();
+}
+
 /// `election priority`: the backup raised above the master preempts it (its delay has long
 /// passed) within a down interval, on the wire; the master hears it and follows; both report
 /// the priorities they advertise.

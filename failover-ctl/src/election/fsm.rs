@@ -125,6 +125,11 @@ pub enum Event {
 pub enum Action {
     /// Ownership of every VIP of the group: one map write.
     Own(bool),
+    /// Forget the flows this node tracked for the group's VIPs. Another node serves them (or
+    /// did while this one did not), choosing each new flow's backend by the table; an entry
+    /// kept here, placed while the table was another, would send such a flow (or a later one
+    /// on the same ports) elsewhere when this node serves again.
+    ForgetFlows,
     /// Add (true) or remove the group's VRRP addresses on the interface.
     Addresses(bool),
     /// Send an advert with this priority.
@@ -148,6 +153,8 @@ pub struct Machine {
     resigned: bool,
     /// Holds the ownership (master, or adopted or resigned and no other master heard yet).
     owns: bool,
+    /// Owning without being master, it heard another master and forgot its flows (once).
+    contested: bool,
     /// The interval the master advertises (ours while master).
     master_interval_cs: u16,
     /// The master as last heard (ours while master).
@@ -174,6 +181,7 @@ impl Machine {
             eligible: true,
             resigned: false,
             owns: false,
+            contested: false,
             master_interval_cs,
             master: None,
             started: None,
@@ -261,6 +269,11 @@ impl Machine {
         }
         self.started = Some(now);
         self.owns = adopted;
+        if !adopted {
+            // Whatever the flow table holds for the group is from before: a daemon that
+            // stopped (or died) after it let go, and the node served nothing since.
+            actions.push(Action::ForgetFlows);
+        }
         if self.fault {
             self.enter(State::Fault, Reason::Fault, actions);
             return;
@@ -311,7 +324,13 @@ impl Machine {
             }
             State::Backup => {
                 if self.may_preempt(now) && priority < self.priority {
-                    // Ignored: the down timer runs out and this node takes over.
+                    // Ignored: the down timer runs out and this node takes over. An ownership
+                    // it adopted is contested: the router sends to that master now, so what
+                    // this node tracked went stale.
+                    if self.owns && !self.contested {
+                        self.contested = true;
+                        actions.push(Action::ForgetFlows);
+                    }
                     return;
                 }
                 if self.owns {
@@ -364,6 +383,7 @@ impl Machine {
         actions.push(Action::SendAdvert { priority: self.priority });
         actions.push(Action::Garp);
         self.owns = true;
+        self.contested = false;
         self.resigned = false;
         self.down_expired = false;
         self.down_at = None;
@@ -374,11 +394,13 @@ impl Machine {
         self.enter(State::Master, reason, actions);
     }
 
-    /// Gives up the ownership and the addresses.
+    /// Gives up the ownership, the flows and the addresses.
     fn release(&mut self, actions: &mut Vec<Action>) {
         actions.push(Action::Own(false));
+        actions.push(Action::ForgetFlows);
         actions.push(Action::Addresses(false));
         self.owns = false;
+        self.contested = false;
     }
 
     fn fault_changed(&mut self, fault: bool, now: Instant, actions: &mut Vec<Action>) {

@@ -68,7 +68,11 @@ fn timers_are_integer_microseconds_of_the_rfc_formulas() {
 fn a_lone_node_becomes_master_after_the_down_interval() {
     let t0 = Instant::now();
     let mut machine = Machine::new(settings(A), 100);
-    assert_eq!(machine.handle(Event::Start { adopted: false }, t0), vec![became(State::Initialize, State::Backup, Reason::Startup)]);
+    // What the flow table holds for the group is from before this start: forgotten.
+    assert_eq!(
+        machine.handle(Event::Start { adopted: false }, t0),
+        vec![Action::ForgetFlows, became(State::Initialize, State::Backup, Reason::Startup)]
+    );
     assert_eq!(machine.deadline(), Some(t0 + us(3_609_375)));
     assert_eq!(machine.handle(Event::Timer, t0 + ms(3_000)), vec![], "not yet due");
     let at = t0 + us(3_609_375);
@@ -86,7 +90,9 @@ fn a_lone_node_becomes_master_after_the_down_interval() {
 fn the_address_owner_is_master_at_once() {
     let t0 = Instant::now();
     let mut machine = Machine::new(settings(A), 255);
-    assert_eq!(machine.handle(Event::Start { adopted: false }, t0), mastership(255, State::Initialize, Reason::Owner));
+    let mut expected = vec![Action::ForgetFlows];
+    expected.extend(mastership(255, State::Initialize, Reason::Owner));
+    assert_eq!(machine.handle(Event::Start { adopted: false }, t0), expected);
 }
 
 #[test]
@@ -118,7 +124,7 @@ fn a_master_yields_to_a_higher_priority_with_one_last_advert() {
     assert!(machine.owns());
     assert_eq!(
         machine.handle(Event::Advert { source: B, priority: 200, interval_cs: 100 }, at + ms(1_000)),
-        vec![Action::Own(false), Action::Addresses(false)]
+        vec![Action::Own(false), Action::ForgetFlows, Action::Addresses(false)]
     );
     assert!(!machine.owns());
 }
@@ -259,13 +265,56 @@ fn an_adopted_ownership_is_kept_until_another_master_is_heard() {
     assert_eq!(machine.deadline(), Some(t0 + us(1_609_375)));
     assert_eq!(
         machine.handle(Event::Advert { source: B, priority: 150, interval_cs: 100 }, t0 + ms(300)),
-        vec![Action::Own(false), Action::Addresses(false)]
+        vec![Action::Own(false), Action::ForgetFlows, Action::Addresses(false)]
     );
     assert!(!machine.owns());
 
     let mut alone = Machine::new(settings(A), 100);
     alone.handle(Event::Start { adopted: true }, t0);
     assert_eq!(alone.handle(Event::Timer, t0 + us(1_609_375)), mastership(100, State::Backup, Reason::MasterDown));
+}
+
+#[test]
+fn an_adopted_ownership_keeps_its_flows_until_another_master_is_heard() {
+    let t0 = Instant::now();
+    // A restart while no one else took over: the flows this node tracked are the ones the
+    // router still sends here, so they stay, and the takeover forgets nothing.
+    let mut alone = Machine::new(settings(A), 200);
+    assert!(!alone.handle(Event::Start { adopted: true }, t0).contains(&Action::ForgetFlows));
+    let actions = alone.handle(Event::Timer, t0 + us(1_218_750));
+    assert_eq!(actions, mastership(200, State::Backup, Reason::MasterDown));
+
+    // The daemon died and B took over meanwhile (the router sends to B): this node, which
+    // preempts B, forgets its flows at B's first advert, once, and takes over without
+    // forgetting again.
+    let mut preempting = Machine::new(settings(A), 200);
+    preempting.handle(Event::Start { adopted: true }, t0);
+    let lower = Event::Advert { source: B, priority: 100, interval_cs: 100 };
+    assert_eq!(preempting.handle(lower.clone(), t0 + ms(300)), vec![Action::ForgetFlows]);
+    assert!(preempting.owns(), "it keeps serving what the router still sends here");
+    assert_eq!(preempting.handle(lower.clone(), t0 + ms(1_000)), vec![], "once per contest");
+    assert_eq!(preempting.handle(Event::Timer, t0 + us(1_218_750)), mastership(200, State::Backup, Reason::MasterDown));
+    // A master that steps down for a higher one lets go, and forgets, at its next advert.
+    let higher = Event::Advert { source: B, priority: 250, interval_cs: 100 };
+    preempting.handle(higher.clone(), t0 + ms(2_000));
+    let actions = preempting.handle(higher, t0 + ms(3_000));
+    assert_eq!(actions, vec![Action::Own(false), Action::ForgetFlows, Action::Addresses(false)]);
+}
+
+#[test]
+fn a_resigned_master_that_hears_no_successor_keeps_its_flows() {
+    let t0 = Instant::now();
+    let mut machine = Machine::new(settings(A), 100);
+    machine.handle(Event::Start { adopted: false }, t0);
+    machine.handle(Event::Timer, t0 + us(3_609_375));
+    let at = t0 + ms(10_000);
+    assert_eq!(
+        machine.handle(Event::Resign, at),
+        vec![Action::SendAdvert { priority: 0 }, became(State::Master, State::Backup, Reason::Resigned)]
+    );
+    // No one answers: it served throughout, so its flows are the right ones.
+    let actions = machine.handle(Event::Timer, at + us(3_609_375));
+    assert_eq!(actions, mastership(100, State::Backup, Reason::MasterDown));
 }
 
 #[test]
@@ -280,6 +329,7 @@ fn a_zero_weight_track_failure_is_a_fault() {
         vec![
             Action::SendAdvert { priority: 0 },
             Action::Own(false),
+            Action::ForgetFlows,
             Action::Addresses(false),
             became(State::Master, State::Fault, Reason::Fault),
         ]
@@ -305,7 +355,7 @@ fn a_resigned_master_does_not_preempt_its_successor() {
     // gratuitous ARP.
     assert!(machine.owns());
     let successor = Event::Advert { source: B, priority: 100, interval_cs: 100 };
-    assert_eq!(machine.handle(successor, at + us(609_375)), vec![Action::Own(false), Action::Addresses(false)]);
+    assert_eq!(machine.handle(successor, at + us(609_375)), vec![Action::Own(false), Action::ForgetFlows, Action::Addresses(false)]);
     assert!(!machine.owns());
     // The successor has a lower priority; preempt is on, yet it is followed.
     for n in 1..10 {
@@ -352,6 +402,7 @@ fn stopping_keeps_the_ownership_unless_release_on_stop() {
         vec![
             Action::SendAdvert { priority: 0 },
             Action::Own(false),
+            Action::ForgetFlows,
             Action::Addresses(false),
             became(State::Master, State::Backup, Reason::Stopped),
         ]

@@ -74,6 +74,9 @@ pub enum Command {
 #[derive(Debug, Clone)]
 pub enum Report {
     Transition { group: String, transition: ElectionTransition, priority: u8 },
+    /// Forget the flows tracked for the group's VIPs ([`Action::ForgetFlows`]): the state
+    /// owner, which knows their addresses in the configuration in force, clears them.
+    ForgetFlows { group: String },
     Error { group: String, detail: String },
 }
 
@@ -342,6 +345,10 @@ impl Runtime {
             let name = running.resolved.spec.name.clone();
             let result: anyhow::Result<()> = match action {
                 Action::Own(owned) => self.ownership.set(running.resolved.index, owned),
+                Action::ForgetFlows => {
+                    let _ = self.reports.send(Report::ForgetFlows { group: name.clone() });
+                    Ok(())
+                }
                 Action::Addresses(add) => {
                     let mut result = Ok(());
                     for address in &running.resolved.spec.addresses {

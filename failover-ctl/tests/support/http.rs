@@ -180,6 +180,33 @@ impl Connection {
             .enter(|| TcpStream::connect_timeout(&SocketAddr::from((VIP, port)), IO_TIMEOUT))
             .unwrap()
             .map_err(|e| format!("connect: {e}"))?;
+        Self::first_request(stream)
+    }
+
+    /// As [`Connection::open`], from client port `local_port`: the same 5-tuple again and
+    /// again, as a client reusing its ports does (close it with [`Connection::reset`], which
+    /// leaves no TIME_WAIT behind).
+    pub fn open_from(client: &Namespace, port: u16, local_port: u16) -> Result<Self, String> {
+        let stream = client
+            .enter(|| -> std::io::Result<TcpStream> {
+                let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+                socket.set_reuse_address(true)?;
+                socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, local_port)).into())?;
+                socket.connect_timeout(&SocketAddr::from((VIP, port)).into(), IO_TIMEOUT)?;
+                Ok(socket.into())
+            })
+            .unwrap()
+            .map_err(|e| format!("connect from port {local_port}: {e}"))?;
+        Self::first_request(stream)
+    }
+
+    /// Closes with a reset (SO_LINGER 0): no TIME_WAIT, so the port is free at once.
+    pub fn reset(self) {
+        let socket = socket2::Socket::from(self.reader.into_inner());
+        socket.set_linger(Some(Duration::ZERO)).unwrap();
+    }
+
+    fn first_request(stream: TcpStream) -> Result<Self, String> {
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
         let mut reader = BufReader::new(stream);

@@ -4,7 +4,8 @@
 //! into its own.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     sync::{Arc, Mutex},
 };
 
@@ -36,9 +37,13 @@ pub(super) struct Sent {
 }
 
 impl Controller {
-    /// Records a transition or an error of the election task.
+    /// Records a transition or an error of the election task; forgets a group's flows.
     pub(super) fn on_election(&mut self, report: Report) {
         let event = match report {
+            Report::ForgetFlows { group } => {
+                self.forget_group_flows(&group);
+                return;
+            }
             Report::Transition { group, transition, priority } => Event {
                 kind: "election".into(),
                 detail: format!("{group}: {} -> {} ({}), priority {priority}", transition.from, transition.to, transition.reason),
@@ -48,6 +53,28 @@ impl Controller {
         };
         self.record(event);
         self.dirty = true;
+    }
+
+    /// Forgets every flow tracked to an address of the group's VIPs (any port and protocol):
+    /// one scan of the flow table, which the data plane sees at once. An event says how many
+    /// when there were any.
+    fn forget_group_flows(&mut self, group: &str) {
+        let Some(election) = self.config.elections.iter().find(|election| election.name == group) else { return };
+        let addresses: BTreeSet<IpAddr> =
+            self.config.vips.iter().filter(|vip| election.vips.contains(&vip.name)).map(|vip| vip.address).collect();
+        let words: Vec<([u32; 4], u8)> = addresses.iter().map(|address| crate::address::to_words(*address)).collect();
+        match self.dataplane.counters.forget_flows_where(|key| words.contains(&(key.destination, key.family))) {
+            Ok(0) => {}
+            Ok(count) => {
+                let detail = format!("{group}: forgot {count} flows of its VIPs (another node serves them, choosing by the table)");
+                self.record(Event { kind: "election".into(), detail, ..Event::default() });
+                self.dirty = true;
+            }
+            Err(error) => {
+                let detail = format!("election {group}: forgetting its flows: {error}");
+                self.record(Event { kind: "error".into(), detail, ..Event::default() });
+            }
+        }
     }
 
     /// `election resign GROUP` / `election priority GROUP N`.
