@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod election;
+pub mod flow_sync;
 pub mod grace;
 pub mod sys;
 pub mod loader;

@@ -229,7 +229,7 @@ impl Dataplane {
     fn from_object(mut ebpf: Ebpf) -> Result<Self, LoadError> {
         let ownership = Ownership::from_object(&ebpf)?;
         let writer = MapWriter::new(&mut ebpf)?;
-        let counters = Counters::new(&mut ebpf)?;
+        let counters = Counters::new(&mut ebpf, &writer)?;
         Ok(Self { loaded: Loaded::Object(ebpf), writer, counters, ownership: Some(ownership) })
     }
 

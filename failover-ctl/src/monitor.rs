@@ -114,12 +114,7 @@ fn coarse_now_ns() -> Result<u64, MonitorError> {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> Result<u64, MonitorError> {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `now` is a valid timespec for the call to fill.
-    if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
-        return Err(MonitorError::Clock(io::Error::last_os_error()));
-    }
-    Ok(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)
+    crate::sys::clock_ns(clock).map_err(MonitorError::Clock)
 }
 
 /// Nanoseconds to add to a record's `time_ns` (`CLOCK_MONOTONIC`) for Unix time.

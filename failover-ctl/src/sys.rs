@@ -91,3 +91,14 @@ pub fn lookup_element<V: Default>(map: BorrowedFd<'_>, index: u32) -> io::Result
     bpf(BPF_MAP_LOOKUP_ELEM, &mut attributes)?;
     Ok(value)
 }
+
+/// `clock` (`CLOCK_MONOTONIC`, `CLOCK_MONOTONIC_COARSE`, ...) in nanoseconds. The data plane's
+/// `bpf_ktime_get_ns` is `CLOCK_MONOTONIC`, its `bpf_ktime_get_coarse_ns` the coarse one.
+pub fn clock_ns(clock: libc::clockid_t) -> io::Result<u64> {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)
+}

@@ -38,20 +38,10 @@ fn two_of_ours() -> ElectionLab {
     lab.start_ours(0, &GroupSpec::v4(150, PREEMPT_DELAY));
     lab.start_ours(1, &GroupSpec::v4(100, PREEMPT_DELAY));
     lab.observer.wait_sole_master(VRID, node(0), Duration::ZERO, Duration::from_secs(1), SETTLE);
-    assert_same_tables(&lab);
+    lab.assert_same_tables();
     lab
 }
 
-/// Both nodes publish the same table digest for every VIP of the group (once both have
-/// settled: a node still probing publishes another table for a moment).
-fn assert_same_tables(lab: &ElectionLab) {
-    let same = wait_for(Duration::from_secs(3), || {
-        let (first, second) = (lab.group_view(0).1, lab.group_view(1).1);
-        let published = first.len() == 2 && first.iter().all(|(_, digest)| !digest.is_empty());
-        (published && first == second).then_some(())
-    });
-    assert!(same.is_some(), "both nodes' tables pick the same backends: node 0 {:?}, node 1 {:?}", lab.group_view(0).1, lab.group_view(1).1);
-}
 
 fn traffic(lab: &ElectionLab) -> (Load, UdpStream) {
     let load = Load::start(&lab.segment.client, 80, &["b0", "b1", "b2"], 2);
@@ -60,11 +50,6 @@ fn traffic(lab: &ElectionLab) -> (Load, UdpStream) {
     (load, stream)
 }
 
-fn wait_neighbour(lab: &ElectionLab, index: usize) {
-    let mac = lab.segment.node_mac(index);
-    let found = wait_for(Duration::from_secs(2), || (lab.segment.router_neighbour().as_deref() == Some(&mac)).then_some(()));
-    assert!(found.is_some(), "the router's entry for the VRRP address is {:?}, not node {index}'s {mac}", lab.segment.router_neighbour());
-}
 
 /// Scenario 1, kill -9 of the master's daemon: its data plane keeps forwarding with its
 /// ownership, so nothing is lost while the backup takes over (its down timer runs out: nobody
@@ -80,7 +65,7 @@ fn kill9_of_the_master_daemon_loses_nothing() {
     let killed = wall_now();
     lab.kill9(0);
     let takeover = lab.observer.takeover(VRID, node(0), node(1), killed, Duration::from_secs(3));
-    wait_neighbour(&lab, 1);
+    lab.wait_neighbour(1);
     std::thread::sleep(Duration::from_millis(500));
     let (load, udp) = (load.finish(), stream.finish(&lab.sinks));
     let bound = master_down_interval(100) + ADVERT_INTERVAL;
@@ -101,7 +86,7 @@ fn kill9_of_the_master_daemon_loses_nothing() {
     let mac = lab.segment.nodes[0].mac("l0").unwrap();
     let early: Vec<ArpSeen> = lab.observer.arps().into_iter().filter(|arp| arp.sender_mac == mac && arp.sender == VRRP_ADDRESS && arp.at >= restarted && arp.at < back.first_new.at).collect();
     assert!(early.is_empty(), "the restarted daemon announced before it was master: {early:?}");
-    wait_neighbour(&lab, 0);
+    lab.wait_neighbour(0);
     std::thread::sleep(Duration::from_millis(300));
     let (load, udp) = (load.finish(), stream.finish(&lab.sinks));
     report("1 restarted daemon preempts back", Row { takeover: Some(back.took), load: Some(&load), udp_lost: Some((udp.lost, udp.sent)), ..Row::default() });
@@ -127,14 +112,14 @@ fn link_down_takeover_then_preempt_back_after_the_delay() {
     let down = wall_now();
     lab.segment.set_link(0, false);
     let takeover = lab.observer.takeover(VRID, node(0), node(1), down, Duration::from_secs(3));
-    wait_neighbour(&lab, 1);
+    lab.wait_neighbour(1);
     std::thread::sleep(STEADY);
 
     let up = wall_now();
     lab.segment.set_link(0, true);
     let back = lab.observer.takeover(VRID, node(1), node(0), up, PREEMPT_DELAY + Duration::from_secs(3));
     let waited = back.first_new.at.saturating_sub(up);
-    wait_neighbour(&lab, 0);
+    lab.wait_neighbour(0);
     std::thread::sleep(Duration::from_millis(500));
     let end = wall_now();
     let (load, udp) = (load.finish(), stream.finish(&lab.sinks));
@@ -174,7 +159,7 @@ fn resign_hands_over_within_skew() {
     assert!(output.status.success(), "election resign: {}", String::from_utf8_lossy(&output.stderr));
     let takeover = lab.observer.takeover(VRID, node(0), node(1), resigned, Duration::from_secs(3));
     assert_eq!(takeover.last_old.priority, 0, "the old master's last advert resigns: {:?}", takeover.last_old);
-    wait_neighbour(&lab, 1);
+    lab.wait_neighbour(1);
     lab.observer.wait_sole_master(VRID, node(1), takeover.first_new.at, STEADY, STEADY + Duration::from_secs(1));
     let (load, udp) = (load.finish(), stream.finish(&lab.sinks));
     let bound = skew(100) + Duration::from_millis(20);
@@ -230,13 +215,13 @@ fn a_returning_master_follows_the_table_not_its_old_flows() {
     })
     .unwrap_or_else(|| panic!("the port's connections still reach {chosen} with it in maintenance"));
     maintenance("off");
-    assert_same_tables(&lab);
+    lab.assert_same_tables();
 
     // Node 1 takes over; a new connection from the same port is placed by the table.
     let resigned = wall_now();
     assert!(lab.ours(0).ctl(&["election", "resign", "edge"]).status.success());
     lab.observer.takeover(VRID, node(0), node(1), resigned, Duration::from_secs(3));
-    wait_neighbour(&lab, 1);
+    lab.wait_neighbour(1);
     lab.wait_state(0, "backup", Duration::from_secs(3));
     let forgot = wait_for(Duration::from_secs(3), || lab.ours(0).events().into_iter().find(|event| event.detail.contains("forgot")));
     let mut connection = Connection::open_from(client, 80, PORT).unwrap();
@@ -246,7 +231,7 @@ fn a_returning_master_follows_the_table_not_its_old_flows() {
     let handed_back = wall_now();
     assert!(lab.ours(1).ctl(&["election", "resign", "edge"]).status.success());
     lab.observer.takeover(VRID, node(1), node(0), handed_back, Duration::from_secs(3));
-    wait_neighbour(&lab, 0);
+    lab.wait_neighbour(0);
     std::thread::sleep(Duration::from_millis(300));
     let outcome = (0..5).map(|_| connection.request()).collect::<Result<Vec<()>, String>>();
     eprintln!(
@@ -299,7 +284,7 @@ fn split_brain_keeps_serving_and_heals_to_one_master() {
     lab.segment.partition(true);
     let second = wait_for(Duration::from_secs(3), || lab.observer.first_from(VRID, node(1), cut));
     let second = second.unwrap_or_else(|| panic!("node 1 never became master in the partition: {}", lab.observer.describe(VRID, cut)));
-    wait_neighbour(&lab, 1);
+    lab.wait_neighbour(1);
     std::thread::sleep(Duration::from_millis(800));
     let split = lab.observer.masters_between(VRID, second.at, wall_now());
     assert_eq!(split, vec![node(0), node(1)], "both nodes master during the partition");
@@ -307,7 +292,7 @@ fn split_brain_keeps_serving_and_heals_to_one_master() {
     let healed = wall_now();
     lab.segment.partition(false);
     lab.observer.wait_sole_master(VRID, node(0), healed, Duration::from_secs(1), Duration::from_secs(4));
-    wait_neighbour(&lab, 0);
+    lab.wait_neighbour(0);
     let loser_last = lab.observer.last_before(VRID, node(1), wall_now()).expect("node 1 advertised");
     let (load, udp) = (load.finish(), stream.finish(&lab.sinks));
     report(
@@ -370,7 +355,7 @@ fn keepalived_master_and_ours_backup() {
     assert!(serving.is_some(), "ours does not serve the VIP after taking over");
     let tally = short_requests(&lab.segment.client, 80, 20);
     assert!(tally.errors.is_empty() && tally.total() == 20, "ours serves the VIP once master: {tally:?}");
-    wait_neighbour(&lab, 0);
+    lab.wait_neighbour(0);
 }
 
 /// Scenario 6: ours master, keepalived backup; keepalived accepts our adverts (stays backup,
@@ -695,6 +680,7 @@ fn ipv6_group_against_keepalived() {
         addresses: vec![IpAddr::V6(VRRP_LINK_LOCAL), IpAddr::V6(VRRP_GLOBAL_V6)],
         unicast_peers: Vec::new(),
         carries_vips: false,
+        flow_sync: None,
     };
     let (ours, theirs) = (IpAddr::V6(node_link_local(0)), IpAddr::V6(node_link_local(1)));
     lab.start_keepalived(1, &group.keepalived(100));

@@ -259,6 +259,7 @@ impl Fixture {
                 node_drained: false,
                 withdraw_grace_ms: 0,
                 withdrawals: 0,
+                flow_sync: None,
                 elections: Vec::new(),
                 next_hop_mac: "02:4e:00:00:00:fe".into(),
                 vips: vec![vip_status("web", WEB, 80, 1, &web), vip_status("api", API, 8080, 2, &api)],

@@ -156,6 +156,21 @@ pub struct Config {
     pub elections: Vec<Election>,
     /// `[announce]`: routes in a kernel table for a routing daemon to announce.
     pub announce: Announce,
+    /// `[flow_sync]`: the flows the election groups' masters send their peers.
+    pub flow_sync: Option<FlowSync>,
+}
+
+/// `[flow_sync]`: a master sends its peers the tracked flows of its groups' VIPs that the table
+/// would place elsewhere, so a node that takes over keeps them on their backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowSync {
+    /// `listen`: the address and UDP port this node receives on and sends from.
+    pub listen: SocketAddr,
+    /// `peers`: the other load balancers' `listen` addresses; datagrams from anywhere else are
+    /// discarded.
+    pub peers: Vec<SocketAddr>,
+    /// `interval`: how often a master sends (every flow each time), default 1 s.
+    pub interval: Duration,
 }
 
 /// `[announce]`: a `blackhole` host route per announceable VIP in one kernel table, marked with

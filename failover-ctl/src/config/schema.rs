@@ -24,6 +24,15 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) election: Vec<RawElection>,
     pub(super) announce: Option<RawAnnounce>,
+    pub(super) flow_sync: Option<RawFlowSync>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFlowSync {
+    pub(super) listen: Option<String>,
+    pub(super) peers: Option<Vec<String>>,
+    pub(super) interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,6 +12,7 @@ use super::values::{parse_address, parse_jitter, parse_positive_duration, Jitter
 
 mod announce;
 mod election;
+mod flow_sync;
 mod script;
 use super::*;
 use crate::maglev::{is_prime, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE};
@@ -120,6 +121,7 @@ impl Validator {
         self.across_vips(&vips);
         let elections = self.elections(raw.election, &vips, &defaults);
         let announce = self.announce(raw.announce.unwrap_or_default());
+        let flow_sync = raw.flow_sync.map(|raw| self.flow_sync(raw, &elections));
         Config {
             instance,
             interfaces,
@@ -133,6 +135,7 @@ impl Validator {
             vips,
             elections,
             announce,
+            flow_sync,
         }
     }
 

@@ -20,7 +20,7 @@ use tokio::{
 
 use super::{
     control,
-    controller::{Announcing, Controller, Links, LinksFn, Message, Start},
+    controller::{Announcing, Controller, FlowSync, Links, LinksFn, Message, Start},
     events::EventLog,
     status::{InterfaceStatus, Request, Status},
 };
@@ -179,6 +179,25 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             }
         };
 
+        // Flow sync: its socket now, so a port in use stops the start with its name; its
+        // ticks and datagrams reach the state owner as messages.
+        let (flow_sync, flow_sync_task) = match &config.flow_sync {
+            None => (None, None),
+            Some(settings) => {
+                let (inputs, mut received) = mpsc::channel(256);
+                let (outgoing, handle) = crate::flow_sync::task::start(settings, inputs).await?;
+                let owner = sender.clone();
+                tokio::spawn(async move {
+                    while let Some(input) = received.recv().await {
+                        if owner.send(Message::FlowSync(input)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                (Some(FlowSync::new(settings, outgoing)), Some(handle))
+            }
+        };
+
         // The state owner, on its own thread.
         let (ready, started) = oneshot::channel();
         let start = Start {
@@ -195,6 +214,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             previous: if adopted { previous } else { None },
             elections,
             announcing: config.announce.enabled.then(|| Announcing { netlink: netlink.clone(), runtime: tokio::runtime::Handle::current() }),
+            flow_sync,
         };
         let owner = std::thread::Builder::new().name("state-owner".into()).spawn(move || {
             let mut controller = match Controller::start(start) {
@@ -282,6 +302,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         tracing::info!("stopping; the data plane stays attached and keeps forwarding");
         if let Some(task) = election_task {
             task.stop().await;
+        }
+        if let Some(task) = flow_sync_task {
+            task.abort();
         }
         let _ = sender.send(Message::Shutdown).await;
         let _ = tokio::task::spawn_blocking(move || owner.join()).await;

@@ -1,6 +1,8 @@
 //! The daemon's published view (`state.json`), its events (`events.jsonl`) and the control
 //! protocol. These types are the contract between the daemon, the CLI and the metrics endpoint.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch.
@@ -39,7 +41,36 @@ pub struct Status {
     /// Withdrawals of announced VIPs since the daemon started.
     #[serde(default)]
     pub withdrawals: u64,
+    /// `[flow_sync]`, when configured.
+    #[serde(default)]
+    pub flow_sync: Option<FlowSyncStatus>,
     pub updated_at: UnixMillis,
+}
+
+/// Flow sync (`[flow_sync]`): what this node sends as a master and what it placed of what its
+/// peers sent. Counters count since the daemon started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FlowSyncStatus {
+    pub listen: String,
+    pub peers: Vec<String>,
+    /// The flows this node sends every interval: tracked flows of the VIPs of the groups it
+    /// serves that the table would place elsewhere.
+    pub sending: u64,
+    /// Full scans of the flow table (after a table, health or ownership change).
+    pub scans: u64,
+    pub sent_records: u64,
+    pub sent_datagrams: u64,
+    /// Intervals whose datagrams did not fit the socket task's queue.
+    pub send_queue_full: u64,
+    pub received_datagrams: u64,
+    pub received_records: u64,
+    /// Received flows by outcome: "new", "moved", "refreshed" (placed); "bucket_full",
+    /// "other_hash", "served_here", "unknown_vip", "ungrouped_vip", "unknown_backend" (not).
+    pub placed: BTreeMap<String, u64>,
+    /// Flows a peer's complete set no longer named, forgotten here.
+    pub expired: u64,
+    /// Datagrams discarded, by reason ("not_a_peer" and the datagram's own reasons).
+    pub discarded: BTreeMap<String, u64>,
 }
 
 /// One VRRP group as the daemon runs it (`failover-ctl elections`).

@@ -25,6 +25,7 @@ use std::collections::BinaryHeap;
 use std::fmt;
 
 mod digest;
+pub mod lookup;
 
 pub use digest::table_digest;
 

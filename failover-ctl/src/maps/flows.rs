@@ -10,10 +10,29 @@ use std::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use aya::maps::Map;
 use failover_common::{
     hash,
-    maps::{names, FlowBucket, FlowKey, FlowValue, FLOW_WAYS},
+    maps::{
+        flow_tag, names, FlowBucket, FlowEntry, FlowKey, FlowValue, FLOW_EVICT_IDLE_NS, FLOW_SEEN_RECENTLY, FLOW_SEEN_SHIFT,
+        FLOW_WAYS,
+    },
 };
 
 use super::{mapping::Mapping, MapWriteError};
+
+/// What [`FlowTable::place`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// Tracked now, in an empty way or one idle long enough.
+    New,
+    /// Tracked before on another backend (or for another VIP id): on this one now.
+    Moved,
+    /// Tracked already on this backend: its times refreshed.
+    Refreshed,
+    /// Every way of the bucket holds a flow seen recently: not tracked (as the data plane
+    /// never evicts an active flow).
+    Full,
+    /// The program hashes flows otherwise (pins of an older release): not placed.
+    OtherHash,
+}
 
 pub struct FlowTable {
     buckets: Mapping<FlowBucket>,
@@ -73,7 +92,15 @@ impl FlowTable {
 
     /// Every tracked flow.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>, MapWriteError> {
-        Ok((0..self.buckets.entries()).flat_map(|index| self.occupied(index).map(|(_, key, value)| (key, value))).collect())
+        self.flows_where(|_, _| true)
+    }
+
+    /// The tracked flows `pick` picks, by a scan of every bucket.
+    pub fn flows_where(&self, pick: impl Fn(&FlowKey, &FlowValue) -> bool) -> Result<Vec<(FlowKey, FlowValue)>, MapWriteError> {
+        Ok((0..self.buckets.entries())
+            .flat_map(|index| self.occupied(index).map(|(_, key, value)| (key, value)))
+            .filter(|(key, value)| pick(key, value))
+            .collect())
     }
 
     /// The entry of `key`, if tracked.
@@ -95,6 +122,69 @@ impl FlowTable {
             return Err(MapWriteError::Corrupt(format!("{}: the flow {key:?} is not tracked", names::FLOWS)));
         }
         Ok(())
+    }
+
+    /// Tracks `key` on `value` as the data plane places a flow (`cache::place`): in the way that
+    /// holds the flow already, else an empty way, else the way idle longest if it has been idle
+    /// `FLOW_EVICT_IDLE_NS`; in the write order `FlowBucket` documents. `now_ns` is the coarse
+    /// monotonic clock (the data plane's). A flow already there on the same backend only has its
+    /// times refreshed, so a UDP flow kept by another node does not expire here.
+    pub fn place(&mut self, key: &FlowKey, value: FlowValue, now_ns: u64) -> Placed {
+        if !self.hashes_alike {
+            return Placed::OtherHash;
+        }
+        let hash = hash::flow_key_hash(key, false);
+        let tag = flow_tag(hash);
+        let bucket = self.bucket(self.bucket_of(key));
+        let now_units = (now_ns >> FLOW_SEEN_SHIFT) as u32;
+        let (mut own, mut empty, mut idle_way, mut idle_longest) = (None, None, None, 0u32);
+        for way in 0..FLOW_WAYS {
+            // SAFETY: inside the mapping; 4-byte aligned loads the data plane also makes.
+            unsafe {
+                let stored = read_volatile(addr_of!((*bucket).tags[way]));
+                if stored == 0 {
+                    empty = empty.or(Some(way));
+                    continue;
+                }
+                if stored == tag && read_volatile(addr_of!((*bucket).entries[way].key)) == *key {
+                    own = Some(way);
+                }
+                let last = read_volatile(addr_of!((*bucket).seen[way]));
+                let idle = if last == FLOW_SEEN_RECENTLY { 0 } else { now_units.wrapping_sub(last) };
+                if idle > idle_longest {
+                    (idle_longest, idle_way) = (idle, Some(way));
+                }
+            }
+        }
+        let evictable = (u64::from(idle_longest) >= FLOW_EVICT_IDLE_NS >> FLOW_SEEN_SHIFT).then_some(idle_way).flatten();
+        let (way, placed) = match (own, empty, evictable) {
+            (Some(way), _, _) => {
+                // SAFETY: inside the mapping.
+                let stored = unsafe { read_volatile(addr_of!((*bucket).entries[way].value)) };
+                if stored.backend_id == value.backend_id && stored.vip_id == value.vip_id {
+                    // SAFETY: inside the mapping; aligned stores of single words.
+                    unsafe {
+                        write_volatile(addr_of_mut!((*bucket).entries[way].value.last_seen_ns), now_ns);
+                        write_volatile(addr_of_mut!((*bucket).seen[way]), now_units);
+                    }
+                    return Placed::Refreshed;
+                }
+                (way, Placed::Moved)
+            }
+            (None, Some(way), _) => (way, Placed::New),
+            (None, None, Some(way)) => (way, Placed::New),
+            (None, None, None) => return Placed::Full,
+        };
+        let entry = FlowEntry { key: *key, value: FlowValue { last_seen_ns: now_ns, ..value }, _padding: 0 };
+        // SAFETY: inside the mapping; the order is the one `FlowBucket` documents: a reader that
+        // matched the old tag and reads a half-written entry fails the key comparison.
+        unsafe {
+            write_volatile(addr_of_mut!((*bucket).tags[way]), 0);
+            write_volatile(addr_of_mut!((*bucket).entries[way]), entry);
+            write_volatile(addr_of_mut!((*bucket).seen[way]), now_units);
+            write_volatile(addr_of_mut!((*bucket).tags[way]), tag);
+        }
+        placed
     }
 
     /// Forgets every tracked flow whose key `forget` picks; how many.

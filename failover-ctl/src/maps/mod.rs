@@ -8,6 +8,8 @@ mod mapping;
 mod publish;
 mod vip_index;
 
+pub use flows::Placed;
+
 use std::{
     collections::BTreeMap,
     net::IpAddr,
@@ -549,22 +551,26 @@ fn sum(map: &PerCpuArray<MapData, Counter>, index: u32, name: &'static str) -> R
 }
 
 impl Counters {
-    pub fn new(ebpf: &mut Ebpf) -> Result<Self, MapWriteError> {
-        Self::open(MapSource::Object(ebpf))
+    /// Handles on the counters and flow table of a loaded object, after `writer` took its maps
+    /// (`VIP_INDEX` among them, whose presence says how the program hashes flows).
+    pub fn new(ebpf: &mut Ebpf, writer: &MapWriter) -> Result<Self, MapWriteError> {
+        Self::open(MapSource::Object(ebpf), writer.index.is_some())
     }
 
     /// Handles on the pinned counters and flow table of an instance.
     pub fn open_pinned(paths: &InstancePaths) -> Result<Self, MapWriteError> {
-        Self::open(MapSource::Pinned(paths))
+        let indexed = MapSource::Pinned(paths).has(names::VIP_INDEX);
+        Self::open(MapSource::Pinned(paths), indexed)
     }
 
-    fn open(mut source: MapSource<'_>) -> Result<Self, MapWriteError> {
+    /// `indexed`: the program has `VIP_INDEX`; one without it is older than the flow hash (both
+    /// came at once).
+    fn open(mut source: MapSource<'_>, indexed: bool) -> Result<Self, MapWriteError> {
         Ok(Self {
             reasons: source.typed(names::REASON_STATS)?,
             vips: source.typed(names::VIP_STATS)?,
             backends: source.typed(names::BACKEND_STATS)?,
-            // A program without `VIP_INDEX` is older than the flow hash (both came at once).
-            flows: flows::FlowTable::new(source.map(names::FLOWS)?, source.has(names::VIP_INDEX))?,
+            flows: flows::FlowTable::new(source.map(names::FLOWS)?, indexed)?,
         })
     }
 
@@ -596,6 +602,11 @@ impl Counters {
         self.flows.hashes_alike()
     }
 
+    /// The tracked flows `pick` picks (one scan of the flow table).
+    pub fn flows_where(&self, pick: impl Fn(&FlowKey, &FlowValue) -> bool) -> Result<Vec<(FlowKey, FlowValue)>, MapWriteError> {
+        self.flows.flows_where(pick)
+    }
+
     /// Forgets a tracked flow.
     pub fn forget_flow(&mut self, key: &FlowKey) -> Result<(), MapWriteError> {
         self.flows.forget(key)
@@ -612,5 +623,11 @@ impl Counters {
     /// needs no flow hash: it works on a program that hashes otherwise); how many.
     pub fn forget_flows_where(&mut self, forget: impl Fn(&FlowKey) -> bool) -> Result<usize, MapWriteError> {
         self.flows.forget_where(forget)
+    }
+
+    /// Tracks a flow as the data plane would have placed it ([`FlowTable::place`]): what
+    /// another node tracks, so this one sends the flow there too once it serves the VIP.
+    pub fn place_flow(&mut self, key: &FlowKey, value: FlowValue, now_ns: u64) -> Placed {
+        self.flows.place(key, value, now_ns)
     }
 }

@@ -91,6 +91,8 @@ label_set!(ReasonLabels { reason: Cow<'a, str> });
 label_set!(GroupLabels { group: &'a str });
 label_set!(GroupStateLabels { group: &'a str, state: &'a str });
 label_set!(GroupReasonLabels { group: &'a str, reason: &'a str });
+label_set!(OutcomeLabels { outcome: &'a str });
+label_set!(DiscardLabels { reason: &'a str });
 
 /// One scrape's snapshot, written out by [`Collector::encode`].
 #[derive(Debug)]
@@ -108,6 +110,7 @@ impl Collector for Scrape {
         self.failovers(&mut encoder)?;
         self.reasons(&mut encoder)?;
         self.elections(&mut encoder)?;
+        self.flow_sync(&mut encoder)?;
         self.announcements(&mut encoder)
     }
 }
@@ -430,6 +433,30 @@ impl Scrape {
                     (GroupReasonLabels { group: &election.name, reason: reason.name() }, ConstCounter::new(count))
                 })
             }),
+        )
+    }
+
+    /// Flow sync, when configured: the flows sent, what became of those received, discards.
+    fn flow_sync(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let Some(sync) = &self.status.flow_sync else { return Ok(()) };
+        single(encoder, "failover_flow_sync_sending", "Flows this node sends each interval (the exceptions of the groups it serves).", None, ConstGauge::new(sync.sending as i64))?;
+        single(encoder, "failover_flow_sync_sent_records", "Flow records sent to the peers.", None, ConstCounter::new(sync.sent_records))?;
+        single(encoder, "failover_flow_sync_send_queue_full", "Intervals whose datagrams did not fit the send queue.", None, ConstCounter::new(sync.send_queue_full))?;
+        single(encoder, "failover_flow_sync_received_records", "Flow records received from the peers.", None, ConstCounter::new(sync.received_records))?;
+        family(
+            encoder,
+            "failover_flow_sync_placed",
+            "Received flow records by outcome (new, moved, refreshed: placed; the others not).",
+            None,
+            sync.placed.iter().map(|(outcome, count)| (OutcomeLabels { outcome }, ConstCounter::new(*count))),
+        )?;
+        single(encoder, "failover_flow_sync_expired", "Flows a peer's complete set no longer named, forgotten here.", None, ConstCounter::new(sync.expired))?;
+        family(
+            encoder,
+            "failover_flow_sync_rx_errors",
+            "Received datagrams discarded, by reason.",
+            None,
+            sync.discarded.iter().map(|(reason, count)| (DiscardLabels { reason }, ConstCounter::new(*count))),
         )
     }
 

@@ -208,7 +208,12 @@ pub struct GroupSpec {
     pub unicast_peers: Vec<IpAddr>,
     /// Whether the group carries the lab's VIPs (an IPv6 group carries none).
     pub carries_vips: bool,
+    /// `[flow_sync]` between the two nodes (port [`FLOW_SYNC_PORT`]) at this interval.
+    pub flow_sync: Option<Duration>,
 }
+
+/// The UDP port of `[flow_sync]` on both nodes.
+pub const FLOW_SYNC_PORT: u16 = 7946;
 
 impl GroupSpec {
     /// The IPv4 group of the lab: VRID 51, the VRRP address, both VIPs, preempt after `delay`.
@@ -221,6 +226,7 @@ impl GroupSpec {
             addresses: vec![IpAddr::V4(VRRP_ADDRESS)],
             unicast_peers: Vec::new(),
             carries_vips: true,
+            flow_sync: None,
         }
     }
 
@@ -231,7 +237,7 @@ impl GroupSpec {
 }
 
 /// A node's whole configuration: the lab's TCP and UDP VIPs over the backends, and the group.
-fn render(instance: &str, metrics_port: u16, router_mac: &str, group: &GroupSpec) -> String {
+fn render(instance: &str, index: usize, metrics_port: u16, router_mac: &str, group: &GroupSpec) -> String {
     let quoted = |addresses: &[IpAddr]| addresses.iter().map(|address| format!("\"{address}\"")).collect::<Vec<_>>().join(", ");
     let backends: Vec<Ipv4Addr> = (0..BACKENDS).map(backend_address).collect();
     let mut text = config_head(instance, metrics_port, router_mac);
@@ -251,6 +257,14 @@ fn render(instance: &str, metrics_port: u16, router_mac: &str, group: &GroupSpec
         quoted(&group.unicast_peers),
         notify_log(instance).display(),
     ));
+    if let Some(interval) = group.flow_sync {
+        text.push_str(&format!(
+            "\n[flow_sync]\nlisten = \"{}:{FLOW_SYNC_PORT}\"\npeers = [\"{}:{FLOW_SYNC_PORT}\"]\ninterval = \"{}ms\"\n",
+            node_address(index),
+            node_address(1 - index),
+            interval.as_millis()
+        ));
+    }
     text
 }
 
@@ -292,7 +306,7 @@ impl ElectionLab {
         assert!(matches!(self.nodes[index], Node::Empty), "node {index} already runs something");
         let router_mac = self.segment.router_mac();
         let metrics_port = 9100 + (unique() % 800) as u16;
-        let daemon = Daemon::start_with(&self.segment.nodes[index], |instance| render(instance, metrics_port, &router_mac, group));
+        let daemon = Daemon::start_with(&self.segment.nodes[index], |instance| render(instance, index, metrics_port, &router_mac, group));
         self.nodes[index] = Node::Ours(daemon);
     }
 
@@ -353,6 +367,24 @@ impl ElectionLab {
         let digests = serde_json::from_value(group["digests"].clone()).unwrap_or_else(|error| panic!("digests in {group}: {error}"));
         let status = serde_json::from_value(group).unwrap_or_else(|error| panic!("elections --json: {error}: {view}"));
         (status, digests)
+    }
+
+    /// Both nodes publish the same table digest for every VIP of the group (once both have
+    /// settled: a node still probing publishes another table for a moment).
+    pub fn assert_same_tables(&self) {
+        let same = wait_for(Duration::from_secs(3), || {
+            let (first, second) = (self.group_view(0).1, self.group_view(1).1);
+            let published = first.len() == 2 && first.iter().all(|(_, digest)| !digest.is_empty());
+            (published && first == second).then_some(())
+        });
+        assert!(same.is_some(), "both nodes' tables pick the same backends: node 0 {:?}, node 1 {:?}", self.group_view(0).1, self.group_view(1).1);
+    }
+
+    /// Waits until the router's neighbour entry for the VRRP address is node `index`'s MAC.
+    pub fn wait_neighbour(&self, index: usize) {
+        let mac = self.segment.node_mac(index);
+        let found = wait_for(Duration::from_secs(2), || (self.segment.router_neighbour().as_deref() == Some(&mac)).then_some(()));
+        assert!(found.is_some(), "the router's entry for the VRRP address is {:?}, not node {index}'s {mac}", self.segment.router_neighbour());
     }
 
     /// Waits until our group on node `index` is in `state`.

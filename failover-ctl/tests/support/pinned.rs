@@ -90,6 +90,7 @@ impl PinnedInstance {
             previous: None,
             elections: None,
             announcing: None,
+            flow_sync: None,
         })
         .expect("start the controller")
     }

@@ -347,12 +347,28 @@ impl Injector {
     /// Sends `message` as a VRRP packet from `source` to `destination` with this TTL and IPv4
     /// options (a multiple of 4 bytes).
     pub fn send(&self, source: Ipv4Addr, destination: Ipv4Addr, ttl: u8, options: &[u8], message: &[u8]) {
+        self.send_ip(VRRP, source, destination, ttl, options, message);
+    }
+
+    /// Sends `payload` as a UDP datagram from `source` (any address: this is how a peer's
+    /// datagram is forged) to `destination`, without a UDP checksum (0: none, valid in IPv4).
+    pub fn send_udp(&self, source: std::net::SocketAddrV4, destination: std::net::SocketAddrV4, payload: &[u8]) {
+        let mut datagram = Vec::with_capacity(8 + payload.len());
+        datagram.extend_from_slice(&source.port().to_be_bytes());
+        datagram.extend_from_slice(&destination.port().to_be_bytes());
+        datagram.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        datagram.extend_from_slice(&[0, 0]);
+        datagram.extend_from_slice(payload);
+        self.send_ip(libc::IPPROTO_UDP as u8, *source.ip(), *destination.ip(), 64, &[], &datagram);
+    }
+
+    fn send_ip(&self, protocol: u8, source: Ipv4Addr, destination: Ipv4Addr, ttl: u8, options: &[u8], message: &[u8]) {
         assert!(options.len().is_multiple_of(4) && options.len() <= 40, "IPv4 options come in 4-byte words, at most 40 bytes");
         let header_len = 20 + options.len();
         let total = (header_len + message.len()) as u16;
         let mut packet = vec![0x40 | (header_len / 4) as u8, 0xc0];
         packet.extend_from_slice(&total.to_be_bytes());
-        packet.extend_from_slice(&[0, 0, 0, 0, ttl, VRRP, 0, 0]);
+        packet.extend_from_slice(&[0, 0, 0, 0, ttl, protocol, 0, 0]);
         packet.extend_from_slice(&source.octets());
         packet.extend_from_slice(&destination.octets());
         packet.extend_from_slice(options);

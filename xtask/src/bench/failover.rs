@@ -72,7 +72,8 @@ pub fn verdict_to_publish() -> Result<(Vec<ControlRow>, String)> {
         runtime: runtime.handle().clone(),
         previous: None,
         elections: None,
-            announcing: None,
+        announcing: None,
+        flow_sync: None,
     })?;
     let ids = controller.backend_ids("web");
     for id in &ids {

@@ -98,7 +98,7 @@ impl LoadBalancer {
         xdp.load().context("the kernel rejected the other revision's program")?;
         let program = duplicate(xdp)?;
         let writer = MapWriter::new(&mut ebpf).context("taking the other revision's maps")?;
-        let counters = Counters::new(&mut ebpf).context("taking the other revision's counters")?;
+        let counters = Counters::new(&mut ebpf, &writer).context("taking the other revision's counters")?;
         Self { _object: Loaded::Object(ebpf), program, writer, counters, established: BTreeSet::new() }.configure(interface_mac, next_hop_mac)
     }
 

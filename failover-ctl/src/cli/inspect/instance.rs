@@ -173,13 +173,7 @@ pub(super) fn sorted_vips(view: &PinnedView) -> anyhow::Result<Vec<(VipKey, VipM
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_(coarse_)ns`.
 pub(super) fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec we own.
-    let result = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    if result != 0 {
-        return 0;
-    }
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    crate::sys::clock_ns(libc::CLOCK_MONOTONIC).unwrap_or(0)
 }
 
 /// The daemon's status: asked live when its control socket answers within `patience`, else read

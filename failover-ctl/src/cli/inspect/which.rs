@@ -11,7 +11,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use failover_common::{
     hash,
     maps::{
-        Backend, FlowKey, VipKey, VipMeta, HEALTH_DRAINING, HEALTH_UP, MAX_SLOT_PROBES, PROTOCOL_TCP, PROTOCOL_UDP,
+        Backend, FlowKey, VipKey, VipMeta, HEALTH_DRAINING, HEALTH_UP, PROTOCOL_TCP, PROTOCOL_UDP,
         VIP_ALL_DOWN_PASS, VIP_HASH_SOURCE_ONLY, VIP_NO_FLOW_TRACKING,
     },
 };
@@ -135,18 +135,10 @@ fn predict(
     key: &FlowKey,
     backends: &BTreeMap<u32, (Backend, u32)>,
 ) -> (u32, Option<u32>) {
-    let size = table.len() as u32;
     let hash = hash::flow_key_hash(key, meta.flags & VIP_HASH_SOURCE_ONLY != 0);
-    let first = hash::slot_of(hash, size);
-    let mut slot = first;
-    for _ in 0..MAX_SLOT_PROBES.min(size) {
-        let id = table[slot as usize];
-        if backends.get(&id).is_some_and(|(backend, health)| *health == HEALTH_UP && backend.vip_id == meta.vip_id) {
-            return (first, Some(id));
-        }
-        slot = if slot + 1 >= size { 0 } else { slot + 1 };
-    }
-    (first, None)
+    crate::maglev::lookup::pick(table, hash, |id| {
+        backends.get(&id).is_some_and(|(backend, health)| *health == HEALTH_UP && backend.vip_id == meta.vip_id)
+    })
 }
 
 /// Runs the pinned program on a crafted first packet of the flow and reports where it went.

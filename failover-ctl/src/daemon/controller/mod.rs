@@ -33,6 +33,7 @@ use state::{placeholder_vip, BackendState, VipState};
 mod announce;
 mod apply;
 mod elections;
+mod flow_sync;
 mod probes;
 mod report;
 mod requests;
@@ -42,6 +43,7 @@ mod verdict;
 pub use apply::data_plane_config;
 pub use announce::Announcing;
 pub use elections::Elections;
+pub use flow_sync::FlowSync;
 pub use state::{Controller, Links, LinksFn};
 
 /// What the state owner is told.
@@ -52,6 +54,8 @@ pub enum Message {
     Control(Request, oneshot::Sender<Response>),
     /// A transition or an error of the election task.
     Election(crate::election::runtime::Report),
+    /// A tick or a datagram of the flow-sync task.
+    FlowSync(crate::flow_sync::Input),
     /// Once a second: refresh the published status if it changed.
     Tick,
     /// The stop signal: withdraw every VIP before stopping; answers the grace to wait, if any.
@@ -79,6 +83,8 @@ pub struct Start {
     pub elections: Option<Elections>,
     /// Announcing through the kernel table, when the daemon runs with `[announce]`.
     pub announcing: Option<Announcing>,
+    /// Flow sync, when the configuration has `[flow_sync]`.
+    pub flow_sync: Option<FlowSync>,
 }
 
 impl Controller {
@@ -99,6 +105,7 @@ impl Controller {
             previous,
             elections,
             announcing,
+            flow_sync,
         } = start;
         let mut backends = BTreeMap::new();
         let ids = if adopted {
@@ -185,6 +192,7 @@ impl Controller {
             election_sent: Default::default(),
             announcing,
             announced: Default::default(),
+            flow_sync,
             ready: ReadyTables::start(),
         };
         // A drained node stays drained across a restart.
@@ -257,6 +265,7 @@ impl Controller {
                 self.update_elections();
             }
             Message::Election(report) => self.on_election(report),
+            Message::FlowSync(input) => self.on_flow_sync(input),
             Message::Control(request, reply) => {
                 let response = self.on_request(request);
                 let _ = reply.send(response);
@@ -269,6 +278,7 @@ impl Controller {
                 if let Err(error) = self.dataplane.writer.reclaim() {
                     tracing::warn!("reclaiming table regions failed: {error}");
                 }
+                self.refresh_flow_sync_status();
                 if self.dirty {
                     self.publish_status();
                 }

@@ -69,6 +69,11 @@ impl Controller {
             self.record(Event { kind: "reload_failed".into(), detail: message.clone(), ..Event::default() });
             anyhow::bail!(message);
         }
+        if config.flow_sync != self.config.flow_sync {
+            let message = "reload refused, nothing changed: [flow_sync] changed (restart instead: a restart is hitless)".to_owned();
+            self.record(Event { kind: "reload_failed".into(), detail: message.clone(), ..Event::default() });
+            anyhow::bail!(message);
+        }
         match self.apply(config, false) {
             Ok(summary) => {
                 self.status.config_loaded_at = now_millis();

@@ -110,6 +110,7 @@ pub struct Controller {
     pub(super) election_sent: super::elections::Sent,
     pub(super) announcing: Option<super::Announcing>,
     pub(super) announced: super::announce::Announced,
+    pub(super) flow_sync: Option<super::FlowSync>,
     /// The tables one verdict away from each published one, prepared off this thread.
     pub(super) ready: ReadyTables,
 }
