@@ -1,4 +1,4 @@
-//! Tests of `[[election]]` and `[announce]` (how a node shares VIPs with others): defaults, the parsed values, and one test per rule with the exact
+//! Tests of `[[election]]`, `[announce]` and `[flow_sync]` (how a node shares VIPs with others): defaults, the parsed values, and one test per rule with the exact
 //! file:line message.
 
 use std::time::Duration;
@@ -219,4 +219,52 @@ fn announce_defaults_and_rules() {
     assert_problem("[announce]\nprotocol = 2\n", "test.toml:15: announce.protocol: must be a route protocol number from 5 to 254 (0-4 are the kernel's), got 2");
     let off = BASE.replace("port = 80\n", "port = 80\nannounce = false\n");
     assert!(!parse(&off, "test.toml").unwrap().vips[0].announce);
+}
+
+/// Three lines of flow sync between this node and one peer (lines 20 to 22 after a group's
+/// `vips` line).
+const FLOW_SYNC: &str = "\
+[flow_sync]
+listen = \"10.0.0.2:7946\"
+peers = [\"10.0.0.3:7946\"]
+";
+
+#[test]
+fn flow_sync_parses_with_its_default_interval() {
+    let config = parse(&format!("{BASE}{GROUP}vips = [\"web\"]\n{FLOW_SYNC}"), "test.toml").unwrap();
+    let sync = config.flow_sync.unwrap();
+    assert_eq!(sync.listen, "10.0.0.2:7946".parse().unwrap());
+    assert_eq!(sync.peers, vec!["10.0.0.3:7946".parse().unwrap()]);
+    assert_eq!(sync.interval, Duration::from_secs(1));
+    assert!(parse(&format!("{BASE}{GROUP}"), "test.toml").unwrap().flow_sync.is_none());
+}
+
+#[test]
+fn flow_sync_refuses_what_cannot_work() {
+    let with = |text: &str| format!("{GROUP}vips = [\"web\"]\n{text}");
+    assert_problem(&with("[flow_sync]\n"), "test.toml:20: flow_sync.listen: required: the address and UDP port to receive on, such as \"10.0.0.1:7946\"");
+    assert_problem(&with("[flow_sync]\n"), "test.toml:20: flow_sync.peers: at least one peer (another load balancer's flow_sync.listen)");
+    assert_problem(
+        &with("[flow_sync]\nlisten = \"10.0.0.2\"\npeers = [\"10.0.0.3:7946\"]\n"),
+        "test.toml:21: flow_sync.listen: expected an address and port such as \"10.0.0.1:7946\", got \"10.0.0.2\"",
+    );
+    assert_problem(
+        &with("[flow_sync]\nlisten = \"0.0.0.0:7946\"\npeers = [\"10.0.0.3:7946\"]\n"),
+        "test.toml:21: flow_sync.listen: must be one unicast address with a port, got \"0.0.0.0:7946\"",
+    );
+    assert_problem(
+        &with("[flow_sync]\nlisten = \"10.0.0.2:7946\"\npeers = [\"[2001:db8::3]:7946\"]\n"),
+        "test.toml:22: flow_sync.peers[0]: [2001:db8::3]:7946 is not of flow_sync.listen's family (10.0.0.2:7946)",
+    );
+    assert_problem(
+        &with("[flow_sync]\nlisten = \"10.0.0.2:7946\"\npeers = [\"10.0.0.2:7946\"]\n"),
+        "test.toml:22: flow_sync.peers[0]: 10.0.0.2:7946 is this node's own flow_sync.listen",
+    );
+    assert_problem(
+        &with("[flow_sync]\nlisten = \"10.0.0.2:7946\"\npeers = [\"10.0.0.3:7946\", \"10.0.0.3:7946\"]\n"),
+        "test.toml:22: flow_sync.peers[1]: 10.0.0.3:7946 is listed twice",
+    );
+    assert_problem(&with(&format!("{FLOW_SYNC}interval = \"5ms\"\n")), "test.toml:23: flow_sync.interval: must be from 10ms to 60s, got 5ms");
+    assert_problem(FLOW_SYNC, "test.toml:14: flow_sync: needs [[election]] groups: it sends the flows of their VIPs from the master to the other nodes");
+    assert_problem(&with("[flow_sync]\nport = 1\n"), "test.toml:21: flow_sync.port: unknown field `port`, expected one of `listen`, `peers`, `interval`");
 }
