@@ -16,6 +16,9 @@ pub const ADVERT_INTERVAL: Duration = Duration::from_millis(100);
 /// A returning master takes over again only after this long: its probes must have their
 /// verdicts back (rise 2 x 200 ms) before it chooses backends for other nodes' connections.
 pub const PREEMPT_DELAY: Duration = Duration::from_secs(1);
+/// `[flow_sync]`: the port on both load balancers, and how often the master sends.
+pub const FLOW_SYNC_PORT: u16 = 7946;
+pub const FLOW_SYNC_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The priority of load balancer `index`: lb1 is the preferred master.
 pub fn priority(index: usize) -> u8 {
@@ -100,11 +103,21 @@ vips = ["{VIP_NAME}"]
 [[election.track]]
 backends_up = "50%"
 weight = -60
+
+# The master sends the other node the flows the table would place elsewhere (opened while a
+# backend was out), so a change of master breaks none of them.
+[flow_sync]
+listen = "{listen}:{FLOW_SYNC_PORT}"
+peers = ["{peer}:{FLOW_SYNC_PORT}"]
+interval = "{sync}ms"
 "#,
         interface = topology::LB_INTERFACE,
         priority = priority(index),
         interval = ADVERT_INTERVAL.as_millis(),
         delay = PREEMPT_DELAY.as_millis(),
+        listen = topology::lb_address(index),
+        peer = topology::lb_address(1 - index),
+        sync = FLOW_SYNC_INTERVAL.as_millis(),
     ));
     text
 }
@@ -116,6 +129,7 @@ mod tests {
     #[test]
     fn config_names_every_backend_and_the_group() {
         let text = config_text("lab-1-lb2", 1, [2, 0, 0, 0, 0, 1]);
+        assert!(text.contains(&format!("listen = \"{}:7946\"\npeers = [\"{}:7946\"]", topology::lb_address(1), topology::lb_address(0))), "{text}");
         assert!(text.contains("mac = \"02:00:00:00:00:01\""));
         assert_eq!(text.matches("[[vip.backend]]").count(), BACKENDS);
         assert!(text.contains("priority = 100\n"), "{text}");

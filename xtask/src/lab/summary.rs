@@ -167,11 +167,10 @@ impl Phase {
             Phase::Drain => requests(true, false, Some("the drain")),
             Phase::Undrain => requests(true, false, Some("the undrain")),
             // The backup takes over while no daemon runs on the master, and the restarted one
-            // takes back after its preempt delay. Connections are not checked here: this is the
-            // first change of master after the backend faults, and a connection opened while
-            // backend2 was down (or backend3 drained) is kept on its backend only by the old
-            // master's flow table; the new master sends it where its table says (see README).
-            Phase::KillDaemon => requests(true, false, Some("the restarted daemon taking over")),
+            // takes back after its preempt delay. This is the first change of master after the
+            // backend faults: a connection opened while backend2 was down (or backend3 drained)
+            // is off the table, and survives only because flow sync gave it to the backup.
+            Phase::KillDaemon => Promise { no_broken_connections: true, ..requests(true, false, Some("the restarted daemon taking over")) },
             // Requests the router sends to the dead link until the backup takes over are lost
             // (a lost SYN is retried only after the client's 1 s timeout): not checked.
             Phase::LinkDown => Promise {
@@ -324,6 +323,7 @@ mod tests {
         rows[1].detection = None;
         rows[3].window.failed = 1;
         rows[5].window.failed = 3;
+        rows[5].window.broken = 1;
         rows[6].takeover = Some(480_000);
         rows[6].window.broken = 2;
         rows[7].detection = Some(700_000);
@@ -338,6 +338,7 @@ mod tests {
                 "KillBackend: the daemon never reported the killed backend down",
                 "Drain: 1 requests failed, expected none",
                 "KillDaemon: 3 requests failed, expected none",
+                "KillDaemon: 1 established connections broken, expected none",
                 "LinkDown: 2 established connections broken, expected none",
                 "LinkDown: takeover took 480.0 ms, beyond Master_Down_Interval + one interval = 460.9 ms",
                 "LinkUp: took over 700.0 ms after coming back, before its preempt delay of 1s",
