@@ -172,9 +172,14 @@ fn resign_hands_over_within_skew() {
     assert_one_backend("across the resign", &udp);
     let group = lab.group(0);
     assert_eq!((group.state.as_str(), group.owned, group.counters.priority_zero_sent), ("backup", false, 1), "{group:#?}");
-    // The notify command ran with keepalived's four arguments on both nodes.
+    // The notify command ran with keepalived's four arguments on both nodes, as nobody (the
+    // default script_user), never as root.
     let notified = |index: usize| std::fs::read_to_string(notify_log(&lab.ours(index).instance)).unwrap_or_default();
     let (old, new) = (notified(0), notified(1));
+    let nobody = failover_ctl::config::ScriptUser::lookup("nobody").unwrap().expect("user nobody").uid;
+    for line in old.lines().chain(new.lines()) {
+        assert!(line.ends_with(&format!(" {nobody}")), "a notify ran as another user than nobody (uid {nobody}): {line:?}");
+    }
     assert!(old.lines().any(|line| line.starts_with("GROUP edge MASTER ")) && old.lines().last().is_some_and(|line| line.starts_with("GROUP edge BACKUP ")), "node 0 notify log:\n{old}");
     assert!(new.lines().last().is_some_and(|line| line.starts_with("GROUP edge MASTER ")), "node 1 notify log:\n{new}");
 }
@@ -196,17 +201,9 @@ fn a_returning_master_follows_the_table_not_its_old_flows() {
     let first = Connection::open_from(client, 80, PORT).unwrap();
     let chosen = first.backend.clone();
     first.reset();
-    let index = (0..BACKENDS).find(|index| backend_name(*index) == chosen).unwrap();
-    let address = backend_address(index).to_string();
-    let maintenance = |state: &str| {
-        for node in 0..2 {
-            let output = lab.ours(node).ctl(&["maintenance", "web", &address, state]);
-            assert!(output.status.success(), "maintenance {state} on node {node}: {}", String::from_utf8_lossy(&output.stderr));
-        }
-    };
     // The table's backend for the port goes out: node 0 places the port's next connection on
     // another one, and keeps that entry after the backend is back.
-    maintenance("on");
+    lab.maintenance(&chosen, "on");
     let elsewhere = wait_for(Duration::from_secs(3), || {
         let connection = Connection::open_from(client, 80, PORT).unwrap();
         let backend = connection.backend.clone();
@@ -214,7 +211,7 @@ fn a_returning_master_follows_the_table_not_its_old_flows() {
         (backend != chosen).then_some(backend)
     })
     .unwrap_or_else(|| panic!("the port's connections still reach {chosen} with it in maintenance"));
-    maintenance("off");
+    lab.maintenance(&chosen, "off");
     lab.assert_same_tables();
 
     // Node 1 takes over; a new connection from the same port is placed by the table.

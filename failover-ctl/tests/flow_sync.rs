@@ -48,19 +48,6 @@ fn placed(status: &FlowSyncStatus, outcome: &str) -> u64 {
     status.placed.get(outcome).copied().unwrap_or(0)
 }
 
-/// Backend `name`'s address.
-fn address_of(name: &str) -> String {
-    let index = (0..BACKENDS).find(|index| backend_name(*index) == name).unwrap_or_else(|| panic!("no backend {name}"));
-    backend_address(index).to_string()
-}
-
-fn maintenance(lab: &ElectionLab, backend: &str, state: &str) {
-    for node in 0..2 {
-        let output = lab.ours(node).ctl(&["maintenance", "web", backend, state]);
-        assert!(output.status.success(), "maintenance {state} on node {node}: {}", String::from_utf8_lossy(&output.stderr));
-    }
-}
-
 /// Hands the group from node `from` to the other node by `election resign`, on the wire.
 fn hand_over(lab: &ElectionLab, from: usize) {
     let to = 1 - from;
@@ -87,7 +74,7 @@ fn a_connection_off_the_table_survives_changes_of_master() {
     let first = Connection::open_from(client, 80, PORT).unwrap();
     let table = first.backend.clone();
     first.reset();
-    maintenance(&lab, &address_of(&table), "on");
+    lab.maintenance(&table, "on");
     let mut connection = wait_for(Duration::from_secs(3), || {
         let connection = Connection::open_from(client, 80, PORT).unwrap();
         if connection.backend != table {
@@ -98,7 +85,7 @@ fn a_connection_off_the_table_survives_changes_of_master() {
     })
     .unwrap_or_else(|| panic!("the port's connections still reach {table} with it in maintenance"));
     let fallback = connection.backend.clone();
-    maintenance(&lab, &address_of(&table), "off");
+    lab.maintenance(&table, "off");
     lab.assert_same_tables();
 
     // Node 0 sends the flow (the table says `table`, the flow is on `fallback`); node 1 places it.
@@ -129,7 +116,7 @@ fn a_connection_off_the_table_survives_changes_of_master() {
 
     // The fallback goes too: the master re-places the flow by the table on its next packet and
     // stops sending it; node 1's next complete set lacks it, so node 1 forgets its copy.
-    maintenance(&lab, &address_of(&fallback), "on");
+    lab.maintenance(&fallback, "on");
     let _ = connection.request();
     let expired = wait_for(Duration::from_secs(3), || (sync_status(&lab, 1).expired >= 1).then_some(()));
     assert!(expired.is_some(), "node 1 kept the flow its peer no longer sends: {:#?}", sync_status(&lab, 1));

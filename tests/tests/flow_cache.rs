@@ -1,7 +1,8 @@
 //! The flow cache's two promises, on the real program: an established flow keeps its backend
 //! across a table change whichever CPU its packets arrive on (the cache is shared, not per
 //! CPU), and a flood of new flows never evicts a flow that is active (a new flow takes only an
-//! empty way or one idle for `FLOW_EVICT_IDLE_NS`; otherwise it is forwarded untracked).
+//! empty way or one idle for `FLOW_EVICT_IDLE_NS`; otherwise it is forwarded untracked). And
+//! the flows the controller places (flow sync) follow the same rule and are followed.
 
 use std::{
     net::IpAddr,
@@ -191,4 +192,47 @@ fn a_flood_evicts_flows_gone_silent_and_keeps_those_still_sending() {
         assert_eq!(forward(&harness, client, vip, *port, later(*transport)), *backend, "port {port}: its backend after the flood");
     }
     eprintln!("after {:?} and a flood of {} flows into {slots} ways: 500 of 500 active flows kept, {silent_kept} of 500 silent", started.elapsed(), 2 * slots);
+}
+
+/// What the controller places (`Counters::place_flow`, as flow sync does with a peer's flows)
+/// the program follows, for every backend, whatever the table says; placing is idempotent; and
+/// a bucket whose eight ways all hold recently seen flows takes no ninth, as the program's own
+/// insert never evicts an active flow.
+#[test]
+fn flows_the_controller_places_are_followed_and_never_evict_an_active_flow() {
+    use failover_ctl::maps::Placed;
+    if !root() {
+        return;
+    }
+    let mut harness = unlimited_harness();
+    four_backends(&mut harness, PROTOCOL_TCP, 1);
+    let (client, vip) = (IpAddr::V4(CLIENT4), IpAddr::V4(VIP4));
+    let now = || failover_ctl::sys::clock_ns(libc::CLOCK_MONOTONIC_COARSE).unwrap();
+    let key = flow_key(client, vip, PROTOCOL_TCP, (3000, 80));
+    // The table sends the port to one backend; a placed entry sends it to each of the four.
+    for (n, id) in (10..14u32).enumerate() {
+        let value = FlowValue { backend_id: id, vip_id: 1, last_seen_ns: 0 };
+        let placed = harness.dataplane.counters.place_flow(&key, value, now());
+        assert_eq!(placed, if n == 0 { Placed::New } else { Placed::Moved });
+        assert_eq!(harness.dataplane.counters.place_flow(&key, value, now()), Placed::Refreshed);
+        let to = forward(&harness, client, vip, 3000, Transport::TcpAck);
+        assert_eq!(to, backend4(n as u8 + 1), "placed on id {id}");
+    }
+
+    // Nine flows of one bucket: eight take its ways, the ninth finds every way active.
+    let mask = flow_buckets(4096) - 1;
+    let bucket_of = |port: u16| failover_common::hash::flow_key_hash(&flow_key(client, vip, PROTOCOL_TCP, (port, 80)), false) & mask;
+    // A bucket the first flow is not in.
+    let target = (4000..u16::MAX).map(bucket_of).find(|bucket| *bucket != bucket_of(3000)).unwrap();
+    let same: Vec<u16> = (4000..u16::MAX).filter(|port| bucket_of(*port) == target).take(FLOW_WAYS + 1).collect();
+    assert_eq!(same.len(), FLOW_WAYS + 1, "nine ports of one bucket");
+    let value = FlowValue { backend_id: 10, vip_id: 1, last_seen_ns: 0 };
+    for (n, port) in same.iter().enumerate() {
+        let placed = harness.dataplane.counters.place_flow(&flow_key(client, vip, PROTOCOL_TCP, (*port, 80)), value, now());
+        let expected = if n < FLOW_WAYS { Placed::New } else { Placed::Full };
+        assert_eq!(placed, expected, "port {port}, flow {n} of the bucket");
+    }
+    for port in &same[..FLOW_WAYS] {
+        assert!(harness.dataplane.counters.flow(&flow_key(client, vip, PROTOCOL_TCP, (*port, 80))).is_some(), "port {port} kept");
+    }
 }

@@ -259,6 +259,8 @@ pub struct Election {
     /// `notify`: a program run (no shell) on every transition with keepalived's four
     /// arguments appended: `GROUP`, the name, the new state in capitals, the priority.
     pub notify: Vec<String>,
+    /// `notify_user`: who `notify` runs as, default `script_user` (`None` without `notify`).
+    pub notify_user: Option<ScriptUser>,
     /// `release_on_stop`: on SIGTERM a master resigns (priority 0) and gives up ownership;
     /// default false (the data plane keeps forwarding: hitless restart).
     pub release_on_stop: bool,

@@ -63,6 +63,7 @@ pub(super) struct RawElection {
     pub(super) garp_master_refresh: Option<String>,
     pub(super) garp_master_repeat: Option<i64>,
     pub(super) notify: Option<Vec<String>>,
+    pub(super) notify_user: Option<String>,
     pub(super) release_on_stop: Option<bool>,
     #[serde(default)]
     pub(super) track: Vec<RawTrack>,

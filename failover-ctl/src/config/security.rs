@@ -1,5 +1,5 @@
-//! What [`load`](super::load) checks on the host: the configuration file and every exec probe's
-//! program can be changed by root alone, each program exists where the probe will look for it
+//! What [`load`](super::load) checks on the host: the configuration file, every exec probe's
+//! program and every group's notify program can be changed by root alone, each program exists where the probe will look for it
 //! and its user may run it, and a daemon that is not root runs programs only as itself.
 //!
 //! A program or configuration that another user can change is a privilege escalation: the
@@ -39,17 +39,14 @@ pub(super) fn check(config: &mut Config, config_path: &Path, effective_uid: u32)
         // The file as a whole: line 1, no key.
         problems.push((String::new(), message));
     }
-    for (path, check) in exec_probes(config) {
-        let Check::Exec { argv, user } = check else {
-            continue;
-        };
+    for (path, user_key, argv, user) in programs(config) {
         if effective_uid != 0 && user.uid != effective_uid {
             problems.push((
-                format!("{path}.user"),
+                user_key,
                 format!(
                     "the program would run as {:?} (uid {}), but failover-ctl runs as uid {effective_uid} and only \
                      root can run a program as another user: run as root, or set script_user (or this probe's \
-                     `user`) to the user failover-ctl runs as",
+                     `user`, this group's `notify_user`) to the user failover-ctl runs as",
                     user.name, user.uid
                 ),
             ));
@@ -60,15 +57,17 @@ pub(super) fn check(config: &mut Config, config_path: &Path, effective_uid: u32)
         let checked = resolve(program).and_then(|file| trusted(&file, Purpose::Run(user)).map(|_| file));
         match checked {
             Ok(file) => *program = file.to_string_lossy().into_owned(),
-            Err(message) => problems.push((format!("{path}.argv"), message)),
+            Err(message) => problems.push((path, message)),
         }
     }
     problems
 }
 
-/// Every exec-capable probe's check with its key path: backends', then election tracks'.
-fn exec_probes(config: &mut Config) -> Vec<(String, &mut Check)> {
-    let mut probes = Vec::new();
+/// Every program the daemon runs, as (key of its argv, key of its user, argv, user): exec
+/// probes of backends, then of election tracks, then the groups' notify programs.
+fn programs(config: &mut Config) -> Vec<(String, String, &mut Vec<String>, &ScriptUser)> {
+    let mut probes: Vec<(String, &mut Check)> = Vec::new();
+    let mut notifies = Vec::new();
     for (vip_index, vip) in config.vips.iter_mut().enumerate() {
         for (index, backend) in vip.backends.iter_mut().enumerate() {
             probes.push((format!("vip[{vip_index}].backend[{index}].probe"), &mut backend.probe.check));
@@ -80,8 +79,20 @@ fn exec_probes(config: &mut Config) -> Vec<(String, &mut Check)> {
                 probes.push((format!("election[{election_index}].track[{index}].probe"), &mut probe.check));
             }
         }
+        if let Some(user) = &election.notify_user {
+            let path = format!("election[{election_index}]");
+            notifies.push((format!("{path}.notify"), format!("{path}.notify_user"), &mut election.notify, user));
+        }
     }
-    probes
+    let mut programs: Vec<(String, String, &mut Vec<String>, &ScriptUser)> = probes
+        .into_iter()
+        .filter_map(|(path, check)| match check {
+            Check::Exec { argv, user } => Some((format!("{path}.argv"), format!("{path}.user"), argv, &*user)),
+            _ => None,
+        })
+        .collect();
+    programs.extend(notifies);
+    programs
 }
 
 /// The file a program name runs: an absolute path as it is, a bare name through PATH (the

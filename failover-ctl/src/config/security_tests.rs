@@ -1,4 +1,4 @@
-//! Tests of who exec probes run as and of what `load` checks on the host: real files with real
+//! Tests of who exec probes and notify programs run as and of what `load` checks on the host: real files with real
 //! owners and modes (the suite runs as root), in a private directory under `/run` (root's, 0755,
 //! not world-writable like the temporary directory), removed on drop.
 
@@ -372,4 +372,59 @@ fn a_daemon_that_is_not_root_runs_programs_only_as_itself() {
     );
     // The user it runs as: nothing to switch, nothing to refuse.
     assert_eq!(security::check(&mut config, &path, 65534), []);
+}
+
+/// A file whose group runs `program` as its notify (line 21), with `extra` lines after it.
+fn config_notifying(program: &Path, extra: &str) -> String {
+    format!(
+        "{BASE}[[vip]]\nname = \"web\"\naddress = \"203.0.113.1\"\nport = 80\nprotocol = \"tcp\"\n\
+         [[vip.backend]]\naddress = \"198.51.100.1\"\nprobe = {{ kind = \"tcp\" }}\n\
+         [[election]]\nname = \"edge\"\ninterface = \"eth1\"\nvrid = 51\naddresses = [\"10.0.0.1\"]\nvips = [\"web\"]\n\
+         notify = [\"{}\", \"--flag\"]\n{extra}",
+        program.display()
+    )
+}
+
+#[test]
+fn a_notify_program_runs_as_the_script_user_or_its_own() {
+    let scratch = Scratch::new();
+    let script = scratch.script("notify.sh", 0o755);
+    let file = scratch.file("failover.toml", &config_notifying(&script, ""), 0o644);
+    let config = load(&file).unwrap();
+    assert_eq!(config.elections[0].notify, [script.display().to_string(), "--flag".to_owned()]);
+    assert_eq!(config.elections[0].notify_user, Some(user("nobody")));
+    let file = scratch.file("root.toml", &config_notifying(&script, "notify_user = \"root\"\n"), 0o644);
+    assert_eq!(load(&file).unwrap().elections[0].notify_user, Some(user("root")));
+}
+
+#[test]
+fn a_world_writable_notify_program_is_refused_with_its_line_and_path() {
+    let scratch = Scratch::new();
+    let script = scratch.script("notify.sh", 0o777);
+    let file = scratch.file("failover.toml", &config_notifying(&script, ""), 0o644);
+    assert_eq!(
+        load_problems(&file),
+        [format!(
+            "{}:21: election[0].notify: {} is writable by everyone (mode 0777); only root may be able to change it",
+            file.display(),
+            script.display()
+        )]
+    );
+}
+
+#[test]
+fn a_notify_user_needs_a_notify_and_an_existing_user() {
+    let scratch = Scratch::new();
+    let script = scratch.script("notify.sh", 0o755);
+    let text = config_notifying(&script, "notify_user = \"no-such-user-here\"\n");
+    let file = scratch.file("failover.toml", &text, 0o644);
+    let problems = load_problems(&file);
+    assert!(problems.iter().any(|problem| problem.ends_with(":22: election[0].notify_user: no user \"no-such-user-here\" on this host")), "{problems:?}");
+    let text = text.replace(&format!("notify = [\"{}\", \"--flag\"]\n", script.display()), "");
+    let file = scratch.file("without.toml", &text, 0o644);
+    let problems = load_problems(&file);
+    assert!(
+        problems.iter().any(|problem| problem.ends_with("election[0].notify_user: set without `notify`: there is no program to run as this user")),
+        "{problems:?}"
+    );
 }

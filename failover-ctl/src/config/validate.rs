@@ -500,7 +500,7 @@ impl Validator {
                         "must name a program: a non-empty list",
                     );
                 }
-                let user = self.exec_user(path, probe.user);
+                let user = self.exec_user(&format!("{path}.user"), probe.user);
                 Check::Exec { argv, user }
             }
             RawProbe::Redis(probe) => Check::Redis {

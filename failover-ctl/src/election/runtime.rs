@@ -387,7 +387,7 @@ impl Runtime {
                     running.last_transition_at = now_millis();
                     let priority = running.group.effective_priority();
                     tracing::info!("election {name}: {} -> {} ({reason:?}, priority {priority})", from.name(), to.name());
-                    notify(&running.resolved.election.notify, &name, to, priority);
+                    notify(&running.resolved.election, to, priority);
                     let transition = ElectionTransition {
                         at: running.last_transition_at,
                         from: from.name().into(),
@@ -453,16 +453,16 @@ impl Runtime {
     }
 }
 
-/// keepalived's notify convention: `program args... GROUP name STATE priority`, no shell;
-/// reaped in the background.
-fn notify(argv: &[String], group: &str, state: State, priority: u8) {
-    let Some((program, arguments)) = argv.split_first() else { return };
+/// keepalived's notify convention: `program args... GROUP name STATE priority`, no shell, as
+/// the group's `notify_user` (default `script_user`); reaped in the background.
+fn notify(election: &config::Election, state: State, priority: u8) {
+    let (Some((program, arguments)), Some(user)) = (election.notify.split_first(), &election.notify_user) else { return };
+    let group = &election.name;
     let state = state.name().to_uppercase();
-    let spawned = tokio::process::Command::new(program)
-        .args(arguments)
-        .args(["GROUP", group, &state, &priority.to_string()])
-        .stdin(std::process::Stdio::null())
-        .spawn();
+    let mut command = tokio::process::Command::new(program);
+    command.args(arguments).args(["GROUP", group, &state, &priority.to_string()]).stdin(std::process::Stdio::null());
+    probe::exec::run_as(&mut command, user);
+    let spawned = command.spawn();
     match spawned {
         Ok(mut child) => {
             tokio::spawn(async move {

@@ -82,8 +82,9 @@ pub async fn probe(argv: &[String], user: &ScriptUser) -> Result<String, ProbeEr
 /// Makes the child take `user`'s identity before exec: supplementary groups cleared, then the
 /// primary gid, then the uid (the order in which each step is still permitted). A daemon that is
 /// not root runs the program as itself when `user` is who it runs as; otherwise the switch fails
-/// and the attempt with it (the configuration refuses that case at load).
-fn run_as(command: &mut Command, user: &ScriptUser) {
+/// and the attempt with it (the configuration refuses that case at load). Also for the
+/// elections' notify programs.
+pub(crate) fn run_as(command: &mut Command, user: &ScriptUser) {
     let euid = effective_uid();
     if euid != 0 && user.uid == euid {
         return;

@@ -246,7 +246,7 @@ fn render(instance: &str, index: usize, metrics_port: u16, router_mac: &str, gro
         "\n[[election]]\nname = \"edge\"\ninterface = \"l0\"\nvrid = {}\npriority = {}\nadvert_interval = \"{}ms\"\n\
          preempt = {}\npreempt_delay = \"{}ms\"\naddresses = [{}]\nvips = [{}]\nunicast_peers = [{}]\n\
          garp_master_delay = \"1s\"\ngarp_master_repeat = 3\n\
-         notify = [\"/bin/sh\", \"-c\", \"echo \\\"$*\\\" >> {}\", \"notify\"]\n",
+         notify = [\"/bin/sh\", \"-c\", \"echo \\\"$* $(id -u)\\\" >> {}\", \"notify\"]\n",
         group.vrid,
         group.priority,
         ADVERT_INTERVAL.as_millis(),
@@ -268,10 +268,19 @@ fn render(instance: &str, index: usize, metrics_port: u16, router_mac: &str, gro
     text
 }
 
-/// Where the node's notify command (keepalived's convention) appends its arguments: in the
-/// daemon's directory, removed with it.
+/// Where the node's notify command (keepalived's convention) appends its arguments and the uid
+/// it ran as: in a directory of the daemon's that its user (`script_user`, nobody) may write,
+/// removed with the daemon.
 pub fn notify_log(instance: &str) -> std::path::PathBuf {
-    super::daemon::daemon_dir(instance).join("notify.log")
+    super::daemon::daemon_dir(instance).join("notify").join("notify.log")
+}
+
+/// Makes [`notify_log`]'s directory, writable by anyone (the program runs as nobody).
+fn make_notify_dir(instance: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let directory = super::daemon::daemon_dir(instance).join("notify");
+    std::fs::create_dir_all(&directory).unwrap();
+    std::fs::set_permissions(&directory, std::fs::Permissions::from_mode(0o777)).unwrap();
 }
 
 /// What runs on a node.
@@ -306,7 +315,10 @@ impl ElectionLab {
         assert!(matches!(self.nodes[index], Node::Empty), "node {index} already runs something");
         let router_mac = self.segment.router_mac();
         let metrics_port = 9100 + (unique() % 800) as u16;
-        let daemon = Daemon::start_with(&self.segment.nodes[index], |instance| render(instance, index, metrics_port, &router_mac, group));
+        let daemon = Daemon::start_with(&self.segment.nodes[index], |instance| {
+            make_notify_dir(instance);
+            render(instance, index, metrics_port, &router_mac, group)
+        });
         self.nodes[index] = Node::Ours(daemon);
     }
 
@@ -378,6 +390,17 @@ impl ElectionLab {
             (published && first == second).then_some(())
         });
         assert!(same.is_some(), "both nodes' tables pick the same backends: node 0 {:?}, node 1 {:?}", self.group_view(0).1, self.group_view(1).1);
+    }
+
+    /// `failover-ctl maintenance web ADDRESS on|off` on both nodes for the backend that answers
+    /// as `name`.
+    pub fn maintenance(&self, name: &str, state: &str) {
+        let index = (0..BACKENDS).find(|index| backend_name(*index) == name).unwrap_or_else(|| panic!("no backend {name}"));
+        let address = backend_address(index).to_string();
+        for node in 0..2 {
+            let output = self.ours(node).ctl(&["maintenance", "web", &address, state]);
+            assert!(output.status.success(), "maintenance {state} on node {node}: {}", String::from_utf8_lossy(&output.stderr));
+        }
     }
 
     /// Waits until the router's neighbour entry for the VRRP address is node `index`'s MAC.

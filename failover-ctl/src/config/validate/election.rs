@@ -117,6 +117,14 @@ impl Validator {
         if raw_notify_is_empty_program(&notify) {
             self.problem(format!("{path}.notify"), "must name a program: a non-empty list, run without a shell");
         }
+        let notify_user = if notify.is_empty() {
+            if raw.notify_user.is_some() {
+                self.problem(format!("{path}.notify_user"), "set without `notify`: there is no program to run as this user");
+            }
+            None
+        } else {
+            Some(self.exec_user(&format!("{path}.notify_user"), raw.notify_user))
+        };
         let tracks = raw.track.into_iter().enumerate().map(|(number, track)| self.track(&format!("{path}.track[{number}]"), track, defaults)).collect();
         Election {
             name,
@@ -134,6 +142,7 @@ impl Validator {
             garp_master_refresh: Some(refresh).filter(|refresh| !refresh.is_zero()),
             garp_master_repeat,
             notify,
+            notify_user,
             release_on_stop: raw.release_on_stop.unwrap_or(false),
             tracks,
         }

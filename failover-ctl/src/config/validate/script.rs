@@ -1,5 +1,5 @@
-//! Who exec probes run as: the global `script_user` and a probe's own `user`, looked up in the
-//! user database.
+//! Who exec probes and notify programs run as: the global `script_user`, a probe's own `user`
+//! and a group's `notify_user`, looked up in the user database.
 
 use super::*;
 
@@ -16,18 +16,19 @@ impl Validator {
             Err(message) if written => self.problem("script_user", message),
             Err(message) => {
                 self.script_user_problem =
-                    Some(format!("{message} (the default script_user): set `script_user` or this probe's `user`"));
+                    Some(format!("{message} (the default script_user): set `script_user`, or this probe's `user` or group's `notify_user`"));
             }
         }
         name
     }
 
-    /// The user of the exec probe at `path`: its own `user`, else the global `script_user`.
-    pub(super) fn exec_user(&mut self, path: &str, raw: Option<String>) -> ScriptUser {
+    /// The user of an exec probe or notify program whose user key is `key`: the one written
+    /// there, else the global `script_user`.
+    pub(super) fn exec_user(&mut self, key: &str, raw: Option<String>) -> ScriptUser {
         let unknown = |name: String| ScriptUser { name, uid: u32::MAX, gid: u32::MAX };
         match raw {
             Some(name) => lookup(&name).unwrap_or_else(|message| {
-                self.problem(format!("{path}.user"), message);
+                self.problem(key, message);
                 unknown(name)
             }),
             None => match &self.script_user {
@@ -35,7 +36,7 @@ impl Validator {
                 None => {
                     // The global name was reported at `script_user` already, or is the default.
                     if let Some(message) = self.script_user_problem.clone() {
-                        self.problem(format!("{path}.user"), message);
+                        self.problem(key, message);
                     }
                     unknown(DEFAULT_SCRIPT_USER.to_owned())
                 }
