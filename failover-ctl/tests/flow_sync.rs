@@ -70,23 +70,8 @@ fn a_connection_off_the_table_survives_changes_of_master() {
     }
     const PORT: u16 = 45_100;
     let lab = synced_pair();
-    let client = &lab.segment.client;
-    let first = Connection::open_from(client, 80, PORT).unwrap();
-    let table = first.backend.clone();
-    first.reset();
-    lab.maintenance(&table, "on");
-    let mut connection = wait_for(Duration::from_secs(3), || {
-        let connection = Connection::open_from(client, 80, PORT).unwrap();
-        if connection.backend != table {
-            return Some(connection);
-        }
-        connection.reset();
-        None
-    })
-    .unwrap_or_else(|| panic!("the port's connections still reach {table} with it in maintenance"));
+    let (table, mut connection) = lab.connection_off_the_table(PORT);
     let fallback = connection.backend.clone();
-    lab.maintenance(&table, "off");
-    lab.assert_same_tables();
 
     // Node 0 sends the flow (the table says `table`, the flow is on `fallback`); node 1 places it.
     let sent = wait_for(Duration::from_secs(3), || {

@@ -236,3 +236,29 @@ fn flows_the_controller_places_are_followed_and_never_evict_an_active_flow() {
         assert!(harness.dataplane.counters.flow(&flow_key(client, vip, PROTOCOL_TCP, (*port, 80))).is_some(), "port {port} kept");
     }
 }
+
+/// How long a flow has been idle, as the controller reads it (`Counters::look_flow`, which flow
+/// sync uses to leave out flows without a packet for `idle_timeout`): 0 after a packet, then the
+/// time since that look, until the next packet.
+#[test]
+fn a_look_measures_a_flows_idleness_from_its_last_packet() {
+    if !root() {
+        return;
+    }
+    let mut harness = unlimited_harness();
+    four_backends(&mut harness, PROTOCOL_TCP, 1);
+    let (client, vip) = (IpAddr::V4(CLIENT4), IpAddr::V4(VIP4));
+    let now = || failover_ctl::sys::clock_ns(libc::CLOCK_MONOTONIC_COARSE).unwrap();
+    let key = flow_key(client, vip, PROTOCOL_TCP, (5000, 80));
+    assert!(harness.dataplane.counters.look_flow(&key, now()).is_none(), "not tracked yet");
+    forward(&harness, client, vip, 5000, Transport::TcpSyn);
+    forward(&harness, client, vip, 5000, Transport::TcpAck);
+    let (value, idle) = harness.dataplane.counters.look_flow(&key, now()).expect("tracked");
+    assert_eq!((value.vip_id, idle), (1, 0), "a packet since the last look: idle 0");
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, idle) = harness.dataplane.counters.look_flow(&key, now()).unwrap();
+    let idle = Duration::from_nanos(idle);
+    assert!(idle >= Duration::from_millis(250) && idle < Duration::from_secs(2), "idle {idle:?} after 300 ms without a packet");
+    forward(&harness, client, vip, 5000, Transport::TcpAck);
+    assert_eq!(harness.dataplane.counters.look_flow(&key, now()).unwrap().1, 0, "a packet again: idle 0");
+}

@@ -236,6 +236,7 @@ fn flow_sync_parses_with_its_default_interval() {
     assert_eq!(sync.listen, "10.0.0.2:7946".parse().unwrap());
     assert_eq!(sync.peers, vec!["10.0.0.3:7946".parse().unwrap()]);
     assert_eq!(sync.interval, Duration::from_secs(1));
+    assert_eq!(sync.idle_timeout, Duration::from_secs(60));
     assert!(parse(&format!("{BASE}{GROUP}"), "test.toml").unwrap().flow_sync.is_none());
 }
 
@@ -265,6 +266,7 @@ fn flow_sync_refuses_what_cannot_work() {
         "test.toml:22: flow_sync.peers[1]: 10.0.0.3:7946 is listed twice",
     );
     assert_problem(&with(&format!("{FLOW_SYNC}interval = \"5ms\"\n")), "test.toml:23: flow_sync.interval: must be from 10ms to 60s, got 5ms");
+    assert_problem(&with(&format!("{FLOW_SYNC}idle_timeout = \"2h\"\n")), "test.toml:23: flow_sync.idle_timeout: must be from 1s to 1h, got 2h");
     assert_problem(FLOW_SYNC, "test.toml:14: flow_sync: needs [[election]] groups: it sends the flows of their VIPs from the master to the other nodes");
-    assert_problem(&with("[flow_sync]\nport = 1\n"), "test.toml:21: flow_sync.port: unknown field `port`, expected one of `listen`, `peers`, `interval`");
+    assert_problem(&with("[flow_sync]\nport = 1\n"), "test.toml:21: flow_sync.port: unknown field `port`, expected one of `listen`, `peers`, `interval`, `idle_timeout`");
 }

@@ -171,6 +171,9 @@ pub struct FlowSync {
     pub peers: Vec<SocketAddr>,
     /// `interval`: how often a master sends (every flow each time), default 1 s.
     pub interval: Duration,
+    /// `idle_timeout`: a flow without a packet for this long is not sent (a closed TCP
+    /// connection's entry stays in the flow table until evicted), default 60 s.
+    pub idle_timeout: Duration,
 }
 
 /// `[announce]`: a `blackhole` host route per announceable VIP in one kernel table, marked with

@@ -33,6 +33,7 @@ pub(super) struct RawFlowSync {
     pub(super) listen: Option<String>,
     pub(super) peers: Option<Vec<String>>,
     pub(super) interval: Option<String>,
+    pub(super) idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -187,6 +187,31 @@ impl FlowTable {
         placed
     }
 
+    /// The entry of `key` and how long its flow has been idle, as the data plane's insert sees
+    /// it, looking at the way as an insert does: a mark left by a packet since the last look
+    /// (`FLOW_SEEN_RECENTLY`) becomes `now_ns` (idle 0), so the next look measures from it.
+    pub fn look(&mut self, key: &FlowKey, now_ns: u64) -> Option<(FlowValue, u64)> {
+        let now_units = (now_ns >> FLOW_SEEN_SHIFT) as u32;
+        for index in self.buckets_of(key) {
+            let found = self.occupied(index).find(|(_, stored, _)| stored == key);
+            if let Some((way, _, value)) = found {
+                let bucket = self.bucket(index);
+                // SAFETY: inside the mapping; aligned 4-byte accesses, as the data plane makes.
+                let (seen, last) = unsafe {
+                    let seen = addr_of_mut!((*bucket).seen[way]);
+                    (seen, read_volatile(seen))
+                };
+                if last == FLOW_SEEN_RECENTLY {
+                    // SAFETY: as above.
+                    unsafe { write_volatile(seen, now_units) };
+                    return Some((value, 0));
+                }
+                return Some((value, u64::from(now_units.wrapping_sub(last)) << FLOW_SEEN_SHIFT));
+            }
+        }
+        None
+    }
+
     /// Forgets every tracked flow whose key `forget` picks; how many.
     pub fn forget_where(&mut self, forget: impl Fn(&FlowKey) -> bool) -> Result<usize, MapWriteError> {
         let mut total = 0;

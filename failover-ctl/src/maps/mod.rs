@@ -625,6 +625,11 @@ impl Counters {
         self.flows.forget_where(forget)
     }
 
+    /// A tracked flow's entry and how long it has been idle ([`FlowTable::look`]).
+    pub fn look_flow(&mut self, key: &FlowKey, now_ns: u64) -> Option<(FlowValue, u64)> {
+        self.flows.look(key, now_ns)
+    }
+
     /// Tracks a flow as the data plane would have placed it ([`FlowTable::place`]): what
     /// another node tracks, so this one sends the flow there too once it serves the VIP.
     pub fn place_flow(&mut self, key: &FlowKey, value: FlowValue, now_ns: u64) -> Placed {

@@ -19,7 +19,7 @@ use netlab::{veth, Namespace};
 
 use super::{
     daemon::{config_head, web_and_stream_vips, Daemon},
-    http::HttpServer,
+    http::{Connection, HttpServer},
     keepalived::{Keepalived, KeepalivedSpec},
     topology::*,
     traffic::Sinks,
@@ -401,6 +401,41 @@ impl ElectionLab {
             let output = self.ours(node).ctl(&["maintenance", "web", &address, state]);
             assert!(output.status.success(), "maintenance {state} on node {node}: {}", String::from_utf8_lossy(&output.stderr));
         }
+    }
+
+    /// A connection from client port `port` that the table would place elsewhere: the port's
+    /// table backend goes into maintenance on both nodes, a new connection from the port lands
+    /// on another backend (and stays there), and the table backend comes back. The table
+    /// backend's name and the connection, on its fallback.
+    pub fn connection_off_the_table(&self, port: u16) -> (String, Connection) {
+        let client = &self.segment.client;
+        let first = Connection::open_from(client, 80, port).unwrap();
+        let table = first.backend.clone();
+        first.reset();
+        self.maintenance(&table, "on");
+        let connection = wait_for(Duration::from_secs(3), || {
+            let connection = Connection::open_from(client, 80, port).unwrap();
+            if connection.backend != table {
+                return Some(connection);
+            }
+            connection.reset();
+            None
+        })
+        .unwrap_or_else(|| panic!("the port's connections still reach {table} with it in maintenance"));
+        self.maintenance(&table, "off");
+        // Back in the table only once probed up again (rise): wait for it on both nodes.
+        let serving = wait_for(Duration::from_secs(5), || {
+            (0..2)
+                .all(|node| {
+                    let status = self.ours(node).status();
+                    let web = status.as_ref().and_then(|status| status.vips.iter().find(|vip| vip.name == "web").cloned());
+                    web.is_some_and(|web| web.backends.iter().all(|backend| backend.serving))
+                })
+                .then_some(())
+        });
+        assert!(serving.is_some(), "{table} did not serve again on both nodes");
+        self.assert_same_tables();
+        (table, connection)
     }
 
     /// Waits until the router's neighbour entry for the VRRP address is node `index`'s MAC.

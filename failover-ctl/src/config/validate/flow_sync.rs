@@ -7,6 +7,9 @@ use super::*;
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
 const MAX_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 impl Validator {
     pub(super) fn flow_sync(&mut self, raw: RawFlowSync, elections: &[Election]) -> FlowSync {
@@ -47,9 +50,13 @@ impl Validator {
         if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
             self.problem("flow_sync.interval", format!("must be from 10ms to 60s, got {}", humantime::format_duration(interval)));
         }
+        let idle_timeout = self.field("flow_sync.idle_timeout", raw.idle_timeout.as_deref(), DEFAULT_IDLE_TIMEOUT, parse_duration);
+        if !(MIN_IDLE_TIMEOUT..=MAX_IDLE_TIMEOUT).contains(&idle_timeout) {
+            self.problem("flow_sync.idle_timeout", format!("must be from 1s to 1h, got {}", humantime::format_duration(idle_timeout)));
+        }
         if elections.is_empty() {
             self.problem("flow_sync", "needs [[election]] groups: it sends the flows of their VIPs from the master to the other nodes");
         }
-        FlowSync { listen, peers, interval }
+        FlowSync { listen, peers, interval, idle_timeout }
     }
 }

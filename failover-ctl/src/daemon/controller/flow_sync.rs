@@ -1,10 +1,12 @@
 //! Flow sync, the state owner's side (the datagram and the socket task are `crate::flow_sync`).
 //!
 //! Sending, every interval, while this node serves a group: the tracked flows of the group's
-//! VIPs whose backend is not the one the table gives (the exceptions), found by a scan of the
-//! flow table when the tables, the backends' health or the groups served changed, and else
-//! checked one by one (a flow that ended or moved drops out). The whole set goes each time, so
-//! a peer that restarted or forgot has it again one interval later.
+//! VIPs whose backend is not the one the table gives (the exceptions) and that had a packet
+//! within `idle_timeout` (a closed TCP connection's entry stays in the flow table until
+//! evicted: without the bound, the set would only grow), found by a scan of the flow table when
+//! the tables, the backends' health or the groups served changed, and else checked one by one
+//! (a flow that went idle, ended or moved drops out). The whole set goes each time, so a peer
+//! that restarted or forgot has it again one interval later.
 //!
 //! Receiving, for groups this node does not serve: each flow is placed in the flow table on the
 //! backend of the same address (ids are each node's own), as the data plane would place it.
@@ -14,7 +16,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
 };
 
@@ -36,6 +38,7 @@ use crate::{
 /// The state owner's flow-sync state.
 pub struct FlowSync {
     outgoing: Outgoing,
+    idle_timeout_ns: u64,
     sequence: u32,
     /// What `exceptions` was found for; a change means a new scan.
     basis: Vec<Basis>,
@@ -51,7 +54,8 @@ impl FlowSync {
             peers: settings.peers.iter().map(ToString::to_string).collect(),
             ..FlowSyncStatus::default()
         };
-        Self { outgoing, sequence: 0, basis: Vec::new(), exceptions: BTreeMap::new(), peers: BTreeMap::new(), status }
+        let idle_timeout_ns = settings.idle_timeout.as_nanos() as u64;
+        Self { outgoing, idle_timeout_ns, sequence: 0, basis: Vec::new(), exceptions: BTreeMap::new(), peers: BTreeMap::new(), status }
     }
 }
 
@@ -136,27 +140,30 @@ impl Controller {
             sync.exceptions = self.scan_exceptions(&served);
             sync.basis = basis;
             sync.status.scans += 1;
-        } else {
-            let counters = &self.dataplane.counters;
-            sync.exceptions.retain(|key, value| match counters.flow(key) {
-                Some(now) if now.backend_id == value.backend_id && now.vip_id == value.vip_id => {
-                    *value = now;
-                    true
-                }
-                _ => false,
-            });
         }
-        let vips: BTreeMap<u32, &VipState> = served.iter().map(|vip| (vip.vip_id, *vip)).collect();
+        let vips: BTreeMap<u32, IpAddr> = served.iter().map(|vip| (vip.vip_id, vip.config.address)).collect();
+        // Each flow as the table holds it now, if it is still there, on the same backend, and
+        // had a packet within the timeout (the look also starts its next idle measure).
+        let now = crate::sys::clock_ns(libc::CLOCK_MONOTONIC_COARSE).unwrap_or(0);
+        let counters = &mut self.dataplane.counters;
+        let timeout = sync.idle_timeout_ns;
+        sync.exceptions.retain(|key, value| match counters.look_flow(key, now) {
+            Some((found, idle)) if found.backend_id == value.backend_id && found.vip_id == value.vip_id && idle <= timeout => {
+                *value = found;
+                true
+            }
+            _ => false,
+        });
         let flows: Vec<SyncedFlow> = sync
             .exceptions
             .iter()
             .filter_map(|(key, value)| {
-                let vip = vips.get(&value.vip_id)?;
+                let vip_address = vips.get(&value.vip_id)?;
                 let backend = self.backends.get(&value.backend_id)?.address;
                 let client = address::from_words(&key.source, key.family)?;
                 Some(SyncedFlow {
                     client: SocketAddr::new(client, u16::from_be(key.source_port)),
-                    vip: SocketAddr::new(vip.config.address, u16::from_be(key.destination_port)),
+                    vip: SocketAddr::new(*vip_address, u16::from_be(key.destination_port)),
                     protocol: key.protocol,
                     backend,
                 })
