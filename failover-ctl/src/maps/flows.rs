@@ -187,6 +187,32 @@ impl FlowTable {
         placed
     }
 
+    /// The tracked flows `pick` picks among those with a packet within `idle_ns` of `now_ns`
+    /// (read as an insert reads the way's `seen` word, without writing it), by a scan of every
+    /// bucket.
+    pub fn active_flows_where(
+        &self,
+        now_ns: u64,
+        idle_ns: u64,
+        pick: impl Fn(&FlowKey, &FlowValue) -> bool,
+    ) -> Vec<(FlowKey, FlowValue)> {
+        let now_units = (now_ns >> FLOW_SEEN_SHIFT) as u32;
+        let limit = idle_ns >> FLOW_SEEN_SHIFT;
+        let mut found = Vec::new();
+        for index in 0..self.buckets.entries() {
+            let bucket = self.bucket(index);
+            for (way, key, value) in self.occupied(index) {
+                // SAFETY: inside the mapping; an aligned 4-byte load.
+                let last = unsafe { read_volatile(addr_of!((*bucket).seen[way])) };
+                let active = last == FLOW_SEEN_RECENTLY || u64::from(now_units.wrapping_sub(last)) <= limit;
+                if active && pick(&key, &value) {
+                    found.push((key, value));
+                }
+            }
+        }
+        found
+    }
+
     /// The entry of `key` and how long its flow has been idle, as the data plane's insert sees
     /// it, looking at the way as an insert does: a mark left by a packet since the last look
     /// (`FLOW_SEEN_RECENTLY`) becomes `now_ns` (idle 0), so the next look measures from it.

@@ -602,11 +602,6 @@ impl Counters {
         self.flows.hashes_alike()
     }
 
-    /// The tracked flows `pick` picks (one scan of the flow table).
-    pub fn flows_where(&self, pick: impl Fn(&FlowKey, &FlowValue) -> bool) -> Result<Vec<(FlowKey, FlowValue)>, MapWriteError> {
-        self.flows.flows_where(pick)
-    }
-
     /// Forgets a tracked flow.
     pub fn forget_flow(&mut self, key: &FlowKey) -> Result<(), MapWriteError> {
         self.flows.forget(key)
@@ -623,6 +618,12 @@ impl Counters {
     /// needs no flow hash: it works on a program that hashes otherwise); how many.
     pub fn forget_flows_where(&mut self, forget: impl Fn(&FlowKey) -> bool) -> Result<usize, MapWriteError> {
         self.flows.forget_where(forget)
+    }
+
+    /// The tracked flows `pick` picks among those with a packet within `idle_ns`
+    /// ([`FlowTable::active_flows_where`]).
+    pub fn active_flows_where(&self, now_ns: u64, idle_ns: u64, pick: impl Fn(&FlowKey, &FlowValue) -> bool) -> Vec<(FlowKey, FlowValue)> {
+        self.flows.active_flows_where(now_ns, idle_ns, pick)
     }
 
     /// A tracked flow's entry and how long it has been idle ([`FlowTable::look`]).

@@ -136,15 +136,15 @@ impl Controller {
             .iter()
             .map(|vip| Basis { vip_id: vip.vip_id, table: vip.table.clone(), health: vip.members.iter().map(|id| (*id, self.health(*id))).collect() })
             .collect();
+        let now = crate::sys::clock_ns(libc::CLOCK_MONOTONIC_COARSE).unwrap_or(0);
         if basis != sync.basis {
-            sync.exceptions = self.scan_exceptions(&served);
+            sync.exceptions = self.scan_exceptions(&served, now, sync.idle_timeout_ns);
             sync.basis = basis;
             sync.status.scans += 1;
         }
         let vips: BTreeMap<u32, IpAddr> = served.iter().map(|vip| (vip.vip_id, vip.config.address)).collect();
         // Each flow as the table holds it now, if it is still there, on the same backend, and
         // had a packet within the timeout (the look also starts its next idle measure).
-        let now = crate::sys::clock_ns(libc::CLOCK_MONOTONIC_COARSE).unwrap_or(0);
         let counters = &mut self.dataplane.counters;
         let timeout = sync.idle_timeout_ns;
         sync.exceptions.retain(|key, value| match counters.look_flow(key, now) {
@@ -183,27 +183,21 @@ impl Controller {
 
     /// The tracked flows of `served` VIPs on a live member that the table would place on
     /// another backend.
-    fn scan_exceptions(&self, served: &[&VipState]) -> BTreeMap<FlowKey, FlowValue> {
+    fn scan_exceptions(&self, served: &[&VipState], now: u64, idle_ns: u64) -> BTreeMap<FlowKey, FlowValue> {
         let vips: BTreeMap<u32, &VipState> = served.iter().map(|vip| (vip.vip_id, *vip)).collect();
-        let tracked = match self.dataplane.counters.flows_where(|_, value| vips.contains_key(&value.vip_id)) {
-            Ok(tracked) => tracked,
-            Err(error) => {
-                tracing::warn!("flow sync: scanning the flow table: {error}");
-                return BTreeMap::new();
-            }
+        // Decided inside the scan, so only the active exceptions are collected: the flow table
+        // holds every connection ever opened (closed ones too, until evicted), and a vector of
+        // all of them at every scan grew the heap for good.
+        let exception = |key: &FlowKey, value: &FlowValue| {
+            let Some(vip) = vips.get(&value.vip_id) else { return false };
+            let (vip_address, family) = address::to_words(vip.config.address);
+            let live = |id: u32| vip.members.contains(&id) && self.health(id) == HEALTH_UP;
+            let kept = matches!(self.health(value.backend_id), HEALTH_UP | HEALTH_DRAINING) && vip.members.contains(&value.backend_id);
+            let same_vip = key.destination == vip_address && key.family == family && key.protocol == vip.key.protocol;
+            let hash = hash::flow_key_hash(key, vip.config.hash == HashMode::Source);
+            same_vip && kept && lookup::pick(&vip.table, hash, live).1 != Some(value.backend_id)
         };
-        tracked
-            .into_iter()
-            .filter(|(key, value)| {
-                let vip = vips[&value.vip_id];
-                let (vip_address, family) = address::to_words(vip.config.address);
-                let live = |id: u32| vip.members.contains(&id) && self.health(id) == HEALTH_UP;
-                let kept = matches!(self.health(value.backend_id), HEALTH_UP | HEALTH_DRAINING) && vip.members.contains(&value.backend_id);
-                let same_vip = key.destination == vip_address && key.family == family && key.protocol == vip.key.protocol;
-                let hash = hash::flow_key_hash(key, vip.config.hash == HashMode::Source);
-                same_vip && kept && lookup::pick(&vip.table, hash, live).1 != Some(value.backend_id)
-            })
-            .collect()
+        self.dataplane.counters.active_flows_where(now, idle_ns, exception).into_iter().collect()
     }
 
     fn take_part(&mut self, sync: &mut FlowSync, from: SocketAddr, datagram: Result<Datagram, Discard>) {
