@@ -194,6 +194,18 @@ fn a_flood_evicts_flows_gone_silent_and_keeps_those_still_sending() {
     eprintln!("after {:?} and a flood of {} flows into {slots} ways: 500 of 500 active flows kept, {silent_kept} of 500 silent", started.elapsed(), 2 * slots);
 }
 
+/// An IPv4 TCP VIP over four backends (ids 10 to 13), as the controller's flow tests use it.
+fn controller_harness() -> (Harness, IpAddr, IpAddr) {
+    let mut harness = unlimited_harness();
+    four_backends(&mut harness, PROTOCOL_TCP, 1);
+    (harness, IpAddr::V4(CLIENT4), IpAddr::V4(VIP4))
+}
+
+/// The data plane's coarse clock (`bpf_ktime_get_coarse_ns`), which flow times are in.
+fn now() -> u64 {
+    failover_ctl::sys::clock_ns(libc::CLOCK_MONOTONIC_COARSE).unwrap()
+}
+
 /// What the controller places (`Counters::place_flow`, as flow sync does with a peer's flows)
 /// the program follows, for every backend, whatever the table says; placing is idempotent; and
 /// a bucket whose eight ways all hold recently seen flows takes no ninth, as the program's own
@@ -204,10 +216,7 @@ fn flows_the_controller_places_are_followed_and_never_evict_an_active_flow() {
     if !root() {
         return;
     }
-    let mut harness = unlimited_harness();
-    four_backends(&mut harness, PROTOCOL_TCP, 1);
-    let (client, vip) = (IpAddr::V4(CLIENT4), IpAddr::V4(VIP4));
-    let now = || failover_ctl::sys::clock_ns(libc::CLOCK_MONOTONIC_COARSE).unwrap();
+    let (mut harness, client, vip) = controller_harness();
     let key = flow_key(client, vip, PROTOCOL_TCP, (3000, 80));
     // The table sends the port to one backend; a placed entry sends it to each of the four.
     for (n, id) in (10..14u32).enumerate() {
@@ -245,10 +254,7 @@ fn a_look_measures_a_flows_idleness_from_its_last_packet() {
     if !root() {
         return;
     }
-    let mut harness = unlimited_harness();
-    four_backends(&mut harness, PROTOCOL_TCP, 1);
-    let (client, vip) = (IpAddr::V4(CLIENT4), IpAddr::V4(VIP4));
-    let now = || failover_ctl::sys::clock_ns(libc::CLOCK_MONOTONIC_COARSE).unwrap();
+    let (mut harness, client, vip) = controller_harness();
     let key = flow_key(client, vip, PROTOCOL_TCP, (5000, 80));
     assert!(harness.dataplane.counters.look_flow(&key, now()).is_none(), "not tracked yet");
     forward(&harness, client, vip, 5000, Transport::TcpSyn);
