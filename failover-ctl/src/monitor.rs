@@ -110,7 +110,7 @@ impl Filter {
 /// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock the program compares `expires_ns` with
 /// (`bpf_ktime_get_coarse_ns`).
 fn coarse_now_ns() -> Result<u64, MonitorError> {
-    clock_ns(libc::CLOCK_MONOTONIC_COARSE)
+    crate::sys::coarse_now_ns().map_err(MonitorError::Clock)
 }
 
 fn clock_ns(clock: libc::clockid_t) -> Result<u64, MonitorError> {

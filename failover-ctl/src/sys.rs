@@ -102,3 +102,9 @@ pub fn clock_ns(clock: libc::clockid_t) -> io::Result<u64> {
     }
     Ok(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)
 }
+
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the data plane's `bpf_ktime_get_coarse_ns`, the
+/// clock of flow times and the monitor's lease.
+pub fn coarse_now_ns() -> io::Result<u64> {
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE)
+}

@@ -203,7 +203,7 @@ fn controller_harness() -> (Harness, IpAddr, IpAddr) {
 
 /// The data plane's coarse clock (`bpf_ktime_get_coarse_ns`), which flow times are in.
 fn now() -> u64 {
-    failover_ctl::sys::clock_ns(libc::CLOCK_MONOTONIC_COARSE).unwrap()
+    failover_ctl::sys::coarse_now_ns().unwrap()
 }
 
 /// What the controller places (`Counters::place_flow`, as flow sync does with a peer's flows)

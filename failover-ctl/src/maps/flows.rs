@@ -92,15 +92,7 @@ impl FlowTable {
 
     /// Every tracked flow.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>, MapWriteError> {
-        self.flows_where(|_, _| true)
-    }
-
-    /// The tracked flows `pick` picks, by a scan of every bucket.
-    pub fn flows_where(&self, pick: impl Fn(&FlowKey, &FlowValue) -> bool) -> Result<Vec<(FlowKey, FlowValue)>, MapWriteError> {
-        Ok((0..self.buckets.entries())
-            .flat_map(|index| self.occupied(index).map(|(_, key, value)| (key, value)))
-            .filter(|(key, value)| pick(key, value))
-            .collect())
+        Ok((0..self.buckets.entries()).flat_map(|index| self.occupied(index).map(|(_, key, value)| (key, value))).collect())
     }
 
     /// The entry of `key`, if tracked.

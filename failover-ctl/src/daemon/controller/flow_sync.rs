@@ -136,7 +136,7 @@ impl Controller {
             .iter()
             .map(|vip| Basis { vip_id: vip.vip_id, table: vip.table.clone(), health: vip.members.iter().map(|id| (*id, self.health(*id))).collect() })
             .collect();
-        let now = crate::sys::clock_ns(libc::CLOCK_MONOTONIC_COARSE).unwrap_or(0);
+        let now = crate::sys::coarse_now_ns().unwrap_or(0);
         if basis != sync.basis {
             sync.exceptions = self.scan_exceptions(&served, now, sync.idle_timeout_ns);
             sync.basis = basis;
@@ -210,7 +210,7 @@ impl Controller {
             }
         };
         let served = self.served_groups();
-        let now = crate::sys::clock_ns(libc::CLOCK_MONOTONIC_COARSE).unwrap_or(0);
+        let now = crate::sys::coarse_now_ns().unwrap_or(0);
         let peer = sync.peers.entry(from).or_default();
         if peer.sequence != Some(part.sequence) || peer.total != part.total {
             peer.sequence = Some(part.sequence);
